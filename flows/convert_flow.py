@@ -1,0 +1,59 @@
+"""The conversion flow: load → convert → validate → benchmark → register (+ consumer check), nothing else."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import transaction
+from pydantic import Field
+
+from onnx_stage.config import StageConfig, load_config
+from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.summary import run_summary
+from onnx_stage.tracking import configure_tracking
+from tasks.benchmark import benchmark
+from tasks.convert import convert
+from tasks.load import load
+from tasks.records import ModelRef, RegisteredTwin
+from tasks.register import find_twin, publish, register
+from tasks.validate import check_consumer, validate
+
+
+@task(name="summarise", cache_policy=NO_CACHE)
+def summarise(*records: object) -> str:
+    markdown = run_summary(*records)
+    create_markdown_artifact(markdown, key="onnx-conversion", description="Keras → ONNX conversion summary")
+    return markdown
+
+
+@flow(name="convert-keras-to-onnx", log_prints=True)
+def convert_model(
+    model_name: str = Field(..., description="Registered Keras model to convert, e.g. digits-mlp."),
+    version: str | None = Field(None, description="Version number to convert. Leave empty to use the alias."),
+    alias: str | None = Field(None, description="Version alias to convert, e.g. champion. Empty + no version = latest."),
+    path: str | None = Field(None, description="Convert this .h5/.keras file (local path or MLflow artifact URI) "
+                                               "instead of a registry version; registered as {model_name}-onnx."),
+    config: StageConfig = Field(default_factory=load_config, description="Stage settings (configs/default.yaml)."),
+) -> RegisteredTwin:
+    configure_tracking()
+    ref = ModelRef(name=model_name, version=version, alias=alias, path=path)
+    with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
+            KerasWorker(config.convert.timeout_seconds) as worker:
+        work_dir = Path(scratch)
+        source = load(ref, worker, work_dir)
+        if existing := find_twin(source, config):
+            print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
+            return existing
+        onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
+        parity = validate(source, onnx_model, worker, config.validation, work_dir)
+        bench = benchmark(source, onnx_model, worker, config.benchmark)
+        worker.close()
+        with transaction():
+            twin = register(source, onnx_model, parity, bench, config, work_dir)
+            check_consumer(twin, parity)
+            publish(source, twin, config)
+        print(summarise(source, onnx_model, parity, bench, twin))
+        return twin

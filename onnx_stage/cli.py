@@ -1,0 +1,65 @@
+"""onnx-stage: the command line of the conversion stage."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from onnx_stage.config import ConfigError, load_config
+from onnx_stage.errors import StageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="onnx-stage", description="Keras → ONNX conversion stage for MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert one Keras model version and register its ONNX twin")
+    convert.add_argument("--model", required=True, help="registered model name (for --path: the twin's base name)")
+    selector = convert.add_mutually_exclusive_group()
+    selector.add_argument("--version", help="model version number")
+    selector.add_argument("--alias", help="model version alias, e.g. champion")
+    selector.add_argument("--path", help="a .h5/.keras file (local path or MLflow artifact URI) instead of the registry")
+    convert.add_argument("--config", help="YAML config file (default: configs/default.yaml)")
+    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set validation.atol=1e-5 (repeatable)")
+    convert.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+
+    debug = args.debug or bool(os.environ.get("ONNX_STAGE_DEBUG"))
+    try:
+        config = load_config(args.config, args.overrides)
+        from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
+
+        if not debug:
+            _hide_tracebacks()
+        twin = convert_model(model_name=args.model, version=args.version, alias=args.alias, path=args.path,
+                             config=config)
+    except (StageError, ConfigError) as error:
+        print(f"onnx-stage: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if debug:
+            raise
+        print(f"onnx-stage: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    status = "registered" if twin.created else "already registered, nothing new created"
+    print(f"\n{twin.name} version {twin.version} ({status}): {twin.uri}")
+    return 0
+
+
+def _hide_tracebacks() -> None:
+    """Prefect logs every flow failure with its traceback; the CLI reports the cause in one line instead."""
+
+    def drop_traceback(record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")]
+    for logger in [logging.root, *loggers]:
+        for handler in logger.handlers:
+            handler.addFilter(drop_traceback)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The one typed configuration of the stage: defaults in configs/default.yaml, overridable per run."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ConverterRoute = Literal["onnxmltools", "keras_export", "tf2onnx"]
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConvertConfig(_Section):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset the converted model targets.")
+    routes: list[ConverterRoute] = Field(
+        default_factory=lambda: ["onnxmltools", "keras_export", "tf2onnx"],
+        min_length=1,
+        description="Converter routes tried in order; the first that produces a valid model wins.",
+    )
+    timeout_seconds: float = Field(
+        900, gt=0, description="Kill the Keras child process if one load/convert/predict call takes longer."
+    )
+    json_max_tensor_elements: int = Field(
+        1024, ge=0, description="Tensors with more elements are abbreviated in model.json (the file says so)."
+    )
+
+
+class ValidateConfig(_Section):
+    atol: float = Field(1e-4, ge=0, description="Absolute tolerance of the ONNX vs Keras comparison.")
+    rtol: float = Field(1e-3, ge=0, description="Relative tolerance of the ONNX vs Keras comparison.")
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 16],
+        min_length=1,
+        description="Batch sizes of the generated inputs (more than one proves the dynamic batch dimension).",
+    )
+    min_argmax_agreement: float = Field(
+        1.0, ge=0, le=1, description="For classifier outputs: the fraction of rows whose argmax must agree."
+    )
+    seed: int = Field(0, description="Seed of the generated validation inputs.")
+
+
+class BenchmarkConfig(_Section):
+    enabled: bool = Field(True, description="Time onnxruntime against compiled Keras.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Batch sizes timed.")
+    warmup_runs: int = Field(10, ge=0, description="Untimed runs before timing.")
+    timed_runs: int = Field(100, ge=5, description="Timed runs per runtime and batch size.")
+
+
+class RegisterConfig(_Section):
+    name_template: str = Field(
+        "{name}-onnx", pattern=r".*\{name\}.*", description="Registered model name of the ONNX twin."
+    )
+    experiment: str = Field("onnx-stage", min_length=1, description="MLflow experiment of the conversion runs.")
+    mirror_aliases: bool = Field(True, description="Copy the source version's aliases onto the twin.")
+
+
+class StageConfig(_Section):
+    convert: ConvertConfig = Field(default_factory=ConvertConfig)
+    validation: ValidateConfig = Field(default_factory=ValidateConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    registry: RegisterConfig = Field(default_factory=RegisterConfig)
+
+    def artifact_fingerprint(self) -> str:
+        """Hash of the settings that decide what gets registered: same source + same fingerprint = same twin."""
+        relevant = {"convert": self.convert.model_dump(exclude={"timeout_seconds"}),
+                    "validation": self.validation.model_dump(), "name_template": self.registry.name_template}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:
+    """Read a YAML config (default: configs/default.yaml) and apply `section.key=value` overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with an existing YAML file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return StageConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid configuration ({path}): {problems}") from None
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} is not of the form section.key=value, e.g. validation.atol=1e-5")
+    *sections, leaf = key.strip().split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {section!r} is not a section")
+    node[leaf] = yaml.safe_load(raw_value)

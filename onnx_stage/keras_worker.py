@@ -1,0 +1,108 @@
+"""Everything that needs TensorFlow/Keras runs in one child process per flow run.
+
+TensorFlow costs ~800 MB that it never gives back, and a hung or exploding conversion ignores Prefect's
+timeouts inside a thread; in a child process it can be killed. The parent talks to the child over a pipe:
+one request, one answer, each bounded by a timeout.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from multiprocessing.connection import Connection, Pipe
+from pathlib import Path
+from typing import Any
+
+
+class WorkerError(RuntimeError):
+    """The Keras child failed a request, died, or ran out of time."""
+
+
+class KerasWorker:
+    """Parent-side handle of the Keras child process. Use as a context manager."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        parent_end, child_end = Pipe()
+        self._conn = parent_end
+        self._log = tempfile.NamedTemporaryFile(prefix="keras-worker-", suffix=".log", delete=False)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "onnx_stage.keras_worker", str(child_end.fileno())],
+            pass_fds=[child_end.fileno()], stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        child_end.close()
+
+    def __enter__(self) -> "KerasWorker":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(self, operation: str, **kwargs: Any) -> Any:
+        if self._process.poll() is not None:
+            raise WorkerError(f"the Keras child process is gone ({self._exit_reason()}){self._log_tail()}")
+        self._conn.send((operation, kwargs))
+        if not self._conn.poll(self.timeout_seconds):
+            self.close()
+            raise WorkerError(
+                f"Keras {operation} took longer than {self.timeout_seconds:.0f} s and was killed; "
+                "raise convert.timeout_seconds if the model is just big"
+            )
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            self._process.wait(timeout=10)
+            raise WorkerError(f"the Keras child process died during {operation} ({self._exit_reason()})"
+                              f"{self._log_tail()}") from None
+        if status == "error":
+            raise WorkerError(payload)
+        return payload
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._conn.close()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+
+    def _exit_reason(self) -> str:
+        code = self._process.returncode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            return f"killed by {name}" + (", most likely out of memory" if name == "SIGKILL" else "")
+        return f"exit code {code}"
+
+    def _log_tail(self) -> str:
+        self._log.flush()
+        lines = Path(self._log.name).read_text(errors="replace").strip().splitlines()[-5:]
+        return ("; last output: " + " | ".join(lines)) if lines else ""
+
+
+def _serve(conn: Connection) -> None:
+    from onnx_stage import keras_ops  # imports TensorFlow; the parent never does
+
+    state: dict[str, Any] = {}
+    while True:
+        try:
+            operation, kwargs = conn.recv()
+        except EOFError:
+            return
+        try:
+            answer = ("ok", getattr(keras_ops, operation)(state, **kwargs))
+        except Exception as error:  # every failure goes back to the parent as one readable line
+            detail = traceback.format_exc(limit=-3) if os.environ.get("ONNX_STAGE_DEBUG") else ""
+            answer = ("error", f"{type(error).__name__}: {error}{detail}")
+        try:
+            conn.send(answer)
+        except (pickle.PicklingError, TypeError) as error:
+            conn.send(("error", f"cannot send the result of {operation} back: {error}"))
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

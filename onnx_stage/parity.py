@@ -1,0 +1,46 @@
+"""Pure comparison of two sets of model outputs, and the generated inputs they are computed on."""
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.records import OutputParity, TensorSpec
+
+
+def compare_output(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputParity:
+    if expected.shape != actual.shape:
+        raise ValueError(f"output {name!r}: Keras shape {expected.shape} but ONNX shape {actual.shape}")
+    expected64, actual64 = expected.astype(np.float64), actual.astype(np.float64)
+    difference = np.abs(actual64 - expected64)
+    relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float32).tiny)
+    is_classifier = expected.ndim == 2 and expected.shape[1] > 1
+    return OutputParity(
+        output=name,
+        max_abs=float(difference.max(initial=0.0)),
+        max_rel=float(relative.max(initial=0.0)),
+        within_tolerance=bool(np.all(difference <= atol + rtol * np.abs(expected64))),
+        argmax_agreement=float(np.mean(expected.argmax(1) == actual.argmax(1))) if is_classifier else None,
+    )
+
+
+def output_passes(parity: OutputParity, min_argmax_agreement: float) -> bool:
+    argmax_ok = parity.argmax_agreement is None or parity.argmax_agreement >= min_argmax_agreement
+    return parity.within_tolerance and argmax_ok
+
+
+def generated_inputs(specs: list[TensorSpec], batch_size: int, rng: np.random.Generator,
+                     example: list[np.ndarray] | None) -> list[np.ndarray]:
+    """Random inputs of each spec's dtype; floats spread over the example's range when there is one."""
+    arrays = []
+    for index, spec in enumerate(specs):
+        sample = example[index] if example else None
+        inner = [d if d is not None else (sample.shape[i + 1] if sample is not None else 8)
+                 for i, d in enumerate(spec.shape[1:])]
+        shape = (batch_size, *inner)
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            high = int(sample.max()) + 1 if sample is not None else 10
+            arrays.append(rng.integers(0, max(high, 1), size=shape).astype(spec.dtype))
+        elif sample is not None and sample.size:
+            arrays.append(rng.uniform(float(sample.min()), float(sample.max()), size=shape).astype(spec.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+    return arrays

@@ -1,0 +1,123 @@
+"""load: resolve the source model (registry version or file), fetch it, and read its interface in the Keras child."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from onnx_stage.errors import StageError
+from onnx_stage.keras_worker import KerasWorker
+from tasks.records import ModelRef, SourceModel, TensorSpec
+
+MODEL_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
+
+
+def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path) -> SourceModel:
+    version = None if ref.path else resolve_version(MlflowClient(), ref)
+    artifact_dir = fetch_artifacts(ref, version, work_dir / "source")
+    model_file = find_model_file(artifact_dir)
+    interface = worker.call("load_model", model_file=str(model_file))
+    inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
+    return SourceModel(
+        ref=ref,
+        registry_version=str(version.version) if version else None,
+        run_id=version.run_id if version else None,
+        aliases=list(version.aliases) if version else [],
+        model_file=model_file,
+        kind=MODEL_SUFFIXES[model_file.suffix],
+        sha256=sha256_of(model_file),
+        inputs=inputs,
+        outputs=[TensorSpec(**spec) for spec in interface["outputs"]],
+        input_example=save_input_example(artifact_dir, inputs, work_dir / "input_example.npz"),
+        library_versions=interface["library_versions"],
+    )
+
+
+def resolve_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
+    try:
+        client.get_registered_model(ref.name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise StageError(f"registered model {ref.name!r} not found at {mlflow.get_registry_uri()}; "
+                         f"registered models there: {', '.join(known) or 'none'}") from None
+    if ref.alias:
+        try:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        except MlflowException:
+            aliases = client.get_registered_model(ref.name).aliases
+            raise StageError(f"model {ref.name!r} has no alias {ref.alias!r}; its aliases: "
+                             f"{', '.join(f'{a}→v{v}' for a, v in aliases.items()) or 'none'}") from None
+    versions = client.search_model_versions(f"name='{ref.name}'", order_by=["version_number DESC"])
+    if ref.version is None:
+        if not versions:
+            raise StageError(f"model {ref.name!r} has no versions yet; register one first")
+        return versions[0]
+    match = [v for v in versions if str(v.version) == str(ref.version)]
+    if not match:
+        raise StageError(f"model {ref.name!r} has no version {ref.version}; its versions: "
+                         f"{', '.join(str(v.version) for v in reversed(versions)) or 'none'}")
+    return match[0]
+
+
+def fetch_artifacts(ref: ModelRef, version: ModelVersion | None, destination: Path) -> Path:
+    if ref.path and Path(ref.path).exists():
+        return Path(ref.path)
+    uri = ref.path or f"models:/{ref.name}/{version.version}"
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+    except (MlflowException, OSError) as error:
+        raise StageError(f"cannot fetch {uri}: {str(error).splitlines()[0]}") from None
+
+
+def find_model_file(location: Path) -> Path:
+    if location.is_file():
+        candidates = [location]
+    else:
+        candidates = sorted(p for p in location.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file())
+    if not candidates or candidates[0].suffix not in MODEL_SUFFIXES:
+        raise StageError(f"no Keras model file ({', '.join(MODEL_SUFFIXES)}) in {location}; "
+                         "log the model with mlflow.keras.log_model or as a .keras/.h5 artifact")
+    if len(candidates) > 1:
+        raise StageError(f"several model files in {location}: {', '.join(p.name for p in candidates)}; "
+                         "point the stage at one of them")
+    return candidates[0]
+
+
+def save_input_example(artifact_dir: Path, inputs: list[TensorSpec], destination: Path) -> Path | None:
+    """Store the version's input example as arrays named after the model's inputs, cast to their dtypes."""
+    if not (artifact_dir / "MLmodel").is_file():
+        return None
+    example = Model.load(str(artifact_dir)).load_input_example(str(artifact_dir))
+    if example is None:
+        return None
+    if isinstance(example, dict):
+        arrays = [np.asarray(example[spec.name]) for spec in inputs]
+    elif len(inputs) == 1:
+        arrays = [np.asarray(getattr(example, "to_numpy", lambda: example)())]
+    else:
+        raise StageError(f"the input example of a {len(inputs)}-input model must be a dict keyed by input name")
+    np.savez(destination, **{spec.name: a.astype(spec.dtype).reshape(-1, *spec.shape[1:])
+                             for spec, a in zip(inputs, arrays)})
+    return destination
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@task(name="load", cache_policy=NO_CACHE)
+def load(ref: ModelRef, worker: KerasWorker, work_dir: Path) -> SourceModel:
+    return load_source(ref, worker, work_dir)

@@ -1,0 +1,119 @@
+"""The small typed records the five tasks hand to each other: names, file paths and figures, never live models."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)  # MLflow 3 hands out versions as int or str
+
+
+class ModelRef(Record):
+    """What to convert: a registered model version (by version, alias, or latest), or a model file."""
+
+    name: str = Field(..., min_length=1, description="Registered model name (for a file source: the twin's base name).")
+    version: str | None = Field(None, description="Model version number. Leave empty to use the alias or the latest.")
+    alias: str | None = Field(None, description="Model version alias, e.g. champion. Exclusive with version.")
+    path: str | None = Field(
+        None, description="Instead of the registry: a .h5/.keras file, a local path or an MLflow artifact URI."
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "ModelRef":
+        if sum(x is not None for x in (self.version, self.alias, self.path)) > 1:
+            raise ValueError("give at most one of version, alias and path")
+        return self
+
+    def describe(self) -> str:
+        if self.path:
+            return f"{self.path} (as {self.name})"
+        if self.version:
+            return f"models:/{self.name}/{self.version}"
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name} (latest)"
+
+
+class TensorSpec(Record):
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+class SourceModel(Record):
+    ref: ModelRef
+    registry_version: str | None = Field(None, description="Resolved version number; None for a file source.")
+    run_id: str | None = None
+    aliases: list[str] = []
+    model_file: Path
+    kind: Literal["keras", "h5"]
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    input_example: Path | None = Field(None, description=".npz of the version's input example, if it has one.")
+    library_versions: dict[str, str] = {}
+
+
+class OnnxArtifacts(Record):
+    onnx_path: Path
+    json_path: Path
+    text_path: Path
+    route: str
+    route_failures: dict[str, str] = {}
+    route_versions: dict[str, str] = {}
+    opset: int
+    conversion_seconds: float
+
+
+class OutputParity(Record):
+    output: str
+    max_abs: float
+    max_rel: float
+    within_tolerance: bool
+    argmax_agreement: float | None = None
+
+
+class ParityCase(Record):
+    label: str
+    batch_size: int
+    outputs: list[OutputParity]
+
+
+class ParityReport(Record):
+    passed: bool
+    atol: float
+    rtol: float
+    cases: list[ParityCase]
+    reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
+    reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
+
+    def worst(self) -> OutputParity:
+        return max((o for c in self.cases for o in c.outputs), key=lambda o: (not o.within_tolerance, o.max_abs))
+
+
+class LatencyStats(Record):
+    runtime: str
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput_per_s: float
+
+
+class BenchReport(Record):
+    rows: list[LatencyStats] = []
+
+    def speedup(self, batch_size: int) -> float | None:
+        by_runtime = {r.runtime: r for r in self.rows if r.batch_size == batch_size}
+        if {"keras", "onnxruntime"} <= by_runtime.keys():
+            return by_runtime["keras"].p50_ms / by_runtime["onnxruntime"].p50_ms
+        return None
+
+
+class RegisteredTwin(Record):
+    name: str
+    version: str
+    uri: str
+    run_id: str
+    created: bool = Field(..., description="False when an identical twin already existed (idempotent rerun).")

@@ -1,0 +1,143 @@
+"""register: log the ONNX model (onnx flavor) as a new version of `{name}-onnx`, or return the identical twin."""
+from __future__ import annotations
+
+import json
+import re
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import Transaction, get_transaction
+
+from onnx_stage.config import StageConfig
+from onnx_stage.tracking import use_experiment
+from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
+
+TAG = "onnx_stage."
+TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
+
+
+def twin_name(source: SourceModel, config: StageConfig) -> str:
+    return config.registry.name_template.format(name=source.ref.name)
+
+
+def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
+    name, client = twin_name(source, config), MlflowClient()
+    if not client.search_registered_models(filter_string=f"name='{name}'"):
+        return None
+    query = f"name='{name}' and tags.`{TAG}source_sha256`='{source.sha256}'"
+    for found in client.search_model_versions(query, order_by=["version_number DESC"]):
+        if found.tags.get(TAG + "config_fingerprint") == config.artifact_fingerprint():
+            return RegisteredTwin(name=name, version=found.version, uri=f"models:/{name}/{found.version}",
+                                  run_id=found.run_id, created=False)
+    return None
+
+
+def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
+                  config: StageConfig, work_dir: Path) -> RegisteredTwin:
+    use_experiment(config.registry.experiment)
+    reports = [_write_json(work_dir / "validation.json", parity.model_dump(mode="json")),
+               _write_json(work_dir / "benchmark.json", bench.model_dump(mode="json"))]
+    inputs, outputs = _npz_dict(parity.reference_inputs), _npz_dict(parity.reference_outputs)
+    with mlflow.start_run(run_name=f"onnx {source.ref.describe()}") as run:
+        mlflow.log_params({"source": source.ref.describe(), "route": onnx_model.route, "opset": onnx_model.opset})
+        mlflow.log_metrics(_metrics(parity, bench, onnx_model))
+        logged = mlflow.onnx.log_model(
+            onnx.load(str(onnx_model.onnx_path)), name="model",
+            signature=infer_signature(inputs, outputs), input_example=inputs,
+            pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
+            save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+            extra_files=[str(onnx_model.json_path), str(onnx_model.text_path), *map(str, reports)],
+        )
+    name = twin_name(source, config)
+    created = mlflow.register_model(logged.model_uri, name, tags=_version_tags(source, onnx_model, parity, bench, config))
+    return RegisteredTwin(name=name, version=created.version, uri=f"models:/{name}/{created.version}",
+                          run_id=run.info.run_id, created=True)
+
+
+def publish_twin(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
+    """Point the source at its twin and mirror its aliases: done last, once the twin has proven loadable."""
+    client = MlflowClient()
+    if source.registry_version:
+        client.set_model_version_tag(source.ref.name, source.registry_version, TAG + "onnx_twin", twin.uri)
+    if config.registry.mirror_aliases:
+        for alias in source.aliases:
+            client.set_registered_model_alias(twin.name, alias, twin.version)
+
+
+def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
+                  config: StageConfig) -> dict[str, str]:
+    tags = {
+        TWIN_OF: f"{source.ref.name}/{source.registry_version}" if source.registry_version else str(source.ref.path),
+        TAG + "source_name": source.ref.name,
+        TAG + "source_version": source.registry_version or "",
+        TAG + "source_run_id": source.run_id or "",
+        TAG + "source_sha256": source.sha256,
+        TAG + "config_fingerprint": config.artifact_fingerprint(),
+        TAG + "converter_route": onnx_model.route,
+        TAG + "converter_versions": json.dumps({**onnx_model.route_versions, **source.library_versions}),
+        TAG + "opset": str(onnx_model.opset),
+        TAG + "parity_max_abs": f"{max(o.max_abs for c in parity.cases for o in c.outputs):.3g}",
+    }
+    for batch_size in sorted({r.batch_size for r in bench.rows}):
+        speedup = bench.speedup(batch_size)
+        if speedup is not None:
+            tags[TAG + f"speedup_vs_keras_b{batch_size}"] = f"{speedup:.2f}"
+    return tags
+
+
+def _metrics(parity: ParityReport, bench: BenchReport, onnx_model: OnnxArtifacts) -> dict[str, float]:
+    metrics = {"conversion_seconds": onnx_model.conversion_seconds}
+    for case in parity.cases:
+        for output in case.outputs:
+            prefix = _metric_key(f"parity.{case.label}.{output.output}")
+            metrics[f"{prefix}.max_abs"], metrics[f"{prefix}.max_rel"] = output.max_abs, output.max_rel
+    for row in bench.rows:
+        prefix = f"latency.{row.runtime}.batch{row.batch_size}"
+        metrics.update({f"{prefix}.p50_ms": row.p50_ms, f"{prefix}.p95_ms": row.p95_ms,
+                        f"{prefix}.p99_ms": row.p99_ms, f"{prefix}.throughput_per_s": row.throughput_per_s})
+    return metrics
+
+
+def _metric_key(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.\-/]+", "_", text)
+
+
+def _write_json(path: Path, content: dict) -> Path:
+    path.write_text(json.dumps(content, indent=2))
+    return path
+
+
+def _npz_dict(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+@task(name="find-existing-twin", cache_policy=NO_CACHE)
+def find_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
+    return find_existing_twin(source, config)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
+             config: StageConfig, work_dir: Path) -> RegisteredTwin:
+    twin = register_twin(source, onnx_model, parity, bench, config, work_dir)
+    get_transaction().set("twin", twin)
+    return twin
+
+
+@register.on_rollback
+def _delete_half_made_version(transaction: Transaction) -> None:
+    twin: RegisteredTwin = transaction.get("twin")
+    MlflowClient().delete_model_version(twin.name, twin.version)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
+    publish_twin(source, twin, config)

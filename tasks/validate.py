@@ -1,0 +1,95 @@
+"""validate: onnx.checker, then ONNX vs Keras on the input example and on generated batches (batch 1 and N)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import onnxruntime as ort
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from onnx_stage.config import ValidateConfig
+from onnx_stage.errors import StageError
+from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.parity import compare_output, generated_inputs, output_passes
+from tasks.records import OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel
+
+
+def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
+                 work_dir: Path) -> ParityReport:
+    try:
+        onnx.checker.check_model(str(onnx_model.onnx_path), full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise StageError(f"the converted model fails onnx.checker: {str(error).splitlines()[0]}") from None
+    session = ort.InferenceSession(str(onnx_model.onnx_path), providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+
+    example = _read_npz(source.input_example, source) if source.input_example else None
+    rng = np.random.default_rng(config.seed)
+    cases = [("input example", example)] if example else []
+    cases += [(f"generated batch {b}", generated_inputs(source.inputs, b, rng, example)) for b in config.batch_sizes]
+
+    report_cases, reference = [], None
+    for label, inputs in cases:
+        expected = worker.call("predict", inputs=inputs)
+        actual = session.run(None, dict(zip(input_names, inputs)))
+        outputs = [compare_output(n, e, a, config.atol, config.rtol) for n, e, a in zip(output_names, expected, actual)]
+        report_cases.append(ParityCase(label=label, batch_size=len(inputs[0]), outputs=outputs))
+        reference = reference or (inputs, expected)
+
+    report = ParityReport(
+        passed=all(output_passes(o, config.min_argmax_agreement) for c in report_cases for o in c.outputs),
+        atol=config.atol, rtol=config.rtol, cases=report_cases,
+        reference_inputs=_write_npz(work_dir / "reference_inputs.npz", input_names, reference[0]),
+        reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, reference[1]),
+    )
+    if not report.passed:
+        raise StageError(f"ONNX output differs from Keras beyond tolerance, nothing registered: {summarise(report)}")
+    return report
+
+
+def summarise(report: ParityReport) -> str:
+    failing = [(c, o) for c in report.cases for o in c.outputs if not o.within_tolerance] or \
+              [(c, o) for c in report.cases for o in c.outputs]
+    return "; ".join(
+        f"{c.label} / {o.output}: max|Δ|={o.max_abs:.3g}, max rel={o.max_rel:.3g}"
+        + (f", argmax agreement={o.argmax_agreement:.1%}" if o.argmax_agreement is not None else "")
+        for c, o in failing[:4]
+    ) + f" (atol={report.atol:g}, rtol={report.rtol:g})"
+
+
+def check_consumer_load(twin: RegisteredTwin, report: ParityReport) -> float:
+    """Load the twin as a registry consumer does (pyfunc) and compare with Keras on the reference inputs."""
+    inputs, expected = np.load(report.reference_inputs), np.load(report.reference_outputs)
+    predictions = mlflow.pyfunc.load_model(twin.uri).predict({k: inputs[k] for k in inputs.files})
+    worst = 0.0
+    for name in expected.files:
+        actual = np.asarray(predictions[name])
+        if not np.allclose(actual, expected[name], atol=report.atol, rtol=report.rtol):
+            raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with Keras on output {name!r}")
+        worst = max(worst, float(np.abs(actual - expected[name]).max()))
+    return worst
+
+
+def _read_npz(path: Path, source: SourceModel) -> list[np.ndarray]:
+    with np.load(path) as arrays:
+        return [arrays[spec.name] for spec in source.inputs]
+
+
+def _write_npz(path: Path, names: list[str], arrays: list[np.ndarray]) -> Path:
+    np.savez(path, **dict(zip(names, arrays)))
+    return path
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
+             work_dir: Path) -> ParityReport:
+    return check_parity(source, onnx_model, worker, config, work_dir)
+
+
+@task(name="check-consumer-load", cache_policy=NO_CACHE)
+def check_consumer(twin: RegisteredTwin, report: ParityReport) -> float:
+    return check_consumer_load(twin, report)
