@@ -105,4 +105,12 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(section, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {section!r} is not a section")
-    node[leaf] = yaml.safe_load(raw_value)
+    node[leaf] = _parse_value(raw_value)
+
+
+def _parse_value(raw_value: str) -> Any:
+    """YAML scalars and lists (1e-5, true, [1, 8]); anything YAML can't read stays the plain string."""
+    try:
+        return yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        return raw_value

@@ -36,6 +36,7 @@ class KerasWorker:
             pass_fds=[child_end.fileno()], stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         child_end.close()
+        self._closed = False
 
     def __enter__(self) -> "KerasWorker":
         return self
@@ -44,6 +45,8 @@ class KerasWorker:
         self.close()
 
     def call(self, operation: str, **kwargs: Any) -> Any:
+        if self._closed:
+            raise WorkerError(f"cannot run {operation}: the Keras child process was already stopped")
         if self._process.poll() is not None:
             raise WorkerError(f"the Keras child process is gone ({self._exit_reason()}){self._log_tail()}")
         self._conn.send((operation, kwargs))
@@ -64,6 +67,9 @@ class KerasWorker:
         return payload
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()

@@ -1,0 +1,79 @@
+"""Start real local servers (mlflow server, prefect server) on 127.0.0.1, for tests, benchmarks and the stack."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{url} not healthy after {timeout_seconds:.0f} s; see {log}")
+
+
+@contextmanager
+def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None,
+            timeout_seconds: float = 120) -> Iterator[subprocess.Popen]:
+    with log.open("ab") as log_stream:
+        process = subprocess.Popen(command, stdout=log_stream, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_until_healthy(health_url, process, log, timeout_seconds)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def mlflow_server(state_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow server` on a sqlite store in state_dir; yields its tracking URI."""
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+               "--artifacts-destination", str(state_dir / "artifacts")]
+    url = f"http://127.0.0.1:{port}"
+    with running(command, f"{url}/health", state_dir / "mlflow-server.log", env):
+        yield url
+
+
+@contextmanager
+def prefect_server(state_dir: Path, port: int | None = None) -> Iterator[str]:
+    """`prefect server start` with its own PREFECT_HOME in state_dir; yields its API URL."""
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    api = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(state_dir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": api, "PREFECT_API_URL": api}
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, f"{api}/health", state_dir / "prefect-server.log", env, timeout_seconds=180):
+        yield api

@@ -1,0 +1,109 @@
+"""The conversion flow end to end, against a real mlflow server and real Prefect."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flows.convert_flow import convert_model
+from onnx_stage.cli import main as cli_main
+from onnx_stage.config import load_config
+from onnx_stage.errors import StageError
+
+FAST = ["benchmark.timed_runs=10", "benchmark.warmup_runs=2"]
+
+
+def versions_of(name: str) -> list:
+    client = MlflowClient()
+    if not client.search_registered_models(filter_string=f"name='{name}'"):
+        return []
+    return client.search_model_versions(f"name='{name}'")
+
+
+def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_path: Path) -> None:
+    twin = convert_model(model_name="digits-mlp", alias="champion", config=load_config(overrides=FAST))
+
+    assert twin.created and twin.name == "digits-mlp-onnx"
+    client = MlflowClient()
+    version = client.get_model_version(twin.name, twin.version)
+    tags = version.tags
+    assert tags["onnx_stage.twin_of"] == f"digits-mlp/{digits_model}"
+    assert tags["onnx_stage.converter_route"] == "onnxmltools"
+    assert tags["onnx_stage.opset"] == "17"
+    assert len(tags["onnx_stage.source_sha256"]) == 64
+    assert float(tags["onnx_stage.parity_max_abs"]) < 1e-4
+    assert float(tags["onnx_stage.speedup_vs_keras_b1"]) > 0
+    assert "tf2onnx" in json.loads(tags["onnx_stage.converter_versions"])
+    source = client.get_model_version("digits-mlp", digits_model)
+    assert source.tags["onnx_stage.onnx_twin"] == twin.uri
+    assert client.get_model_version_by_alias(twin.name, "champion").version == twin.version
+
+    files = Path(mlflow.artifacts.download_artifacts(twin.uri, dst_path=str(tmp_path)))
+    rendering = json.loads((files / "extra_files" / "model.json").read_text())
+    assert rendering["graph"]["node"] and rendering["opsetImport"]
+    assert "graph {" in (files / "extra_files" / "model.onnx.txt").read_text()
+    validation = json.loads((files / "extra_files" / "validation.json").read_text())
+    assert validation["passed"] and {c["batch_size"] for c in validation["cases"]} >= {1, 16}
+    assert json.loads((files / "extra_files" / "benchmark.json").read_text())["rows"]
+    metrics = client.get_run(twin.run_id).data.metrics
+    assert metrics["latency.onnxruntime.batch1.p50_ms"] > 0
+
+    # a registry consumer: pyfunc by alias, on the version's own input example
+    consumer = mlflow.pyfunc.load_model(f"models:/{twin.name}@champion")
+    example = mlflow.models.Model.load(twin.uri).load_input_example(str(files))
+    predictions = consumer.predict(example)
+    probabilities = next(iter(predictions.values()))
+    assert probabilities.shape[1] == 10
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_rerun_returns_the_existing_twin_and_creates_nothing(digits_model: str) -> None:
+    config = load_config(overrides=FAST)
+    first = convert_model(model_name="digits-mlp", version=digits_model, config=config)
+    count = len(versions_of("digits-mlp-onnx"))
+    again = convert_model(model_name="digits-mlp", version=digits_model, config=config)
+    assert not again.created and again.version == first.version
+    assert len(versions_of("digits-mlp-onnx")) == count
+
+
+def test_legacy_h5_file_from_local_path_and_from_run_artifact(digits_model: str, tmp_path: Path) -> None:
+    run_id = MlflowClient().get_model_version("digits-mlp", digits_model).run_id
+    h5_uri = f"runs:/{run_id}/legacy/digits_mlp.h5"
+    config = load_config(overrides=[*FAST, "benchmark.enabled=false"])
+
+    from_artifact = convert_model(model_name="article-mlp", path=h5_uri, config=config)
+    local_file = Path(mlflow.artifacts.download_artifacts(h5_uri, dst_path=str(tmp_path)))
+    from_local = convert_model(model_name="article-mlp-local", path=str(local_file), config=config)
+
+    for twin in (from_artifact, from_local):
+        assert twin.created
+        assert MlflowClient().get_model_version(twin.name, twin.version).tags["onnx_stage.twin_of"].endswith(".h5")
+        assert mlflow.pyfunc.load_model(twin.uri).metadata.flavors["onnx"]
+
+
+def test_failed_parity_registers_nothing(digits_model: str) -> None:
+    impossible = load_config(overrides=[*FAST, "validation.atol=0", "validation.rtol=0",
+                                        "registry.name_template={name}-strict-onnx"])
+    with pytest.raises(StageError, match=r"beyond tolerance, nothing registered: .*max\|Δ\|="):
+        convert_model(model_name="digits-mlp", alias="champion", config=impossible)
+    assert versions_of("digits-mlp-strict-onnx") == []
+
+
+@pytest.mark.parametrize(("selector", "message"), [
+    (["--model", "no-such-model"], "registered model 'no-such-model' not found at .* registered models there: .*digits-mlp"),
+    (["--model", "digits-mlp", "--version", "99"], "model 'digits-mlp' has no version 99; its versions: 1"),
+    (["--model", "digits-mlp", "--alias", "nope"], "model 'digits-mlp' has no alias 'nope'; its aliases: champion→v1"),
+    (["--model", "digits-mlp", "--path", "/no/such/model.h5"], "cannot fetch /no/such/model.h5"),
+    (["--model", "digits-mlp", "--set", "validation.atol=-1"], "invalid configuration .*validation.atol"),
+])
+def test_bad_references_fail_with_one_clear_line(digits_model: str, capsys: pytest.CaptureFixture,
+                                                 selector: list[str], message: str) -> None:
+    assert cli_main(["convert", *selector]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("onnx-stage: error: ")
+    assert __import__("re").search(message, error), error
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from onnx_stage.parity import compare_output, generated_inputs, output_passes
+from tasks.records import TensorSpec
+
+
+def test_identical_outputs_pass() -> None:
+    x = np.random.default_rng(0).random((4, 10)).astype("float32")
+    parity = compare_output("probs", x, x.copy(), atol=0, rtol=0)
+    assert parity.within_tolerance and parity.max_abs == 0 and parity.argmax_agreement == 1.0
+
+
+def test_error_is_measured_and_judged_with_atol_and_rtol() -> None:
+    expected = np.array([[1.0, 100.0]], dtype="float32")
+    actual = np.array([[1.001, 100.05]], dtype="float32")
+    parity = compare_output("y", expected, actual, atol=1e-4, rtol=1e-4)
+    assert parity.max_abs == pytest.approx(0.05, rel=1e-3)
+    assert parity.max_rel == pytest.approx(1e-3, rel=1e-2)
+    assert not parity.within_tolerance  # 1.001 vs 1.0 exceeds 1e-4 + 1e-4 * 1.0
+    assert compare_output("y", expected, actual, atol=2e-3, rtol=1e-3).within_tolerance
+
+
+def test_argmax_disagreement_fails_even_within_tolerance() -> None:
+    expected = np.array([[0.5, 0.5000001], [0.9, 0.1]], dtype="float32")
+    actual = np.array([[0.5000001, 0.5], [0.9, 0.1]], dtype="float32")
+    parity = compare_output("probs", expected, actual, atol=1e-4, rtol=0)
+    assert parity.within_tolerance and parity.argmax_agreement == 0.5
+    assert not output_passes(parity, min_argmax_agreement=1.0)
+    assert output_passes(parity, min_argmax_agreement=0.5)
+
+
+def test_zero_argmax_agreement_is_not_mistaken_for_missing() -> None:
+    parity = compare_output("p", np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), atol=10, rtol=0)
+    assert parity.argmax_agreement == 0.0 and not output_passes(parity, 0.5)
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="Keras shape"):
+        compare_output("y", np.zeros((2, 3)), np.zeros((3, 2)), atol=1, rtol=1)
+
+
+def test_generated_inputs_follow_specs_and_example_range() -> None:
+    specs = [TensorSpec(name="x", shape=[None, 3], dtype="float32"),
+             TensorSpec(name="ids", shape=[None, None], dtype="int32")]
+    example = [np.array([[2.0, 3.0, 4.0]], dtype="float32"), np.array([[1, 5, 2, 0]], dtype="int32")]
+    x, ids = generated_inputs(specs, 7, np.random.default_rng(0), example)
+    assert x.shape == (7, 3) and x.dtype == np.float32 and 2.0 <= x.min() and x.max() <= 4.0
+    assert ids.shape == (7, 4) and ids.dtype == np.int32 and 0 <= ids.min() and ids.max() <= 5

@@ -1,0 +1,50 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import onnx
+from google.protobuf import json_format
+from onnx import helper, numpy_helper
+
+from onnx_stage.rendering import ABBREVIATION_KEY, write_renderings
+from onnx_stage.timing import latency_stats
+
+
+def small_model() -> onnx.ModelProto:
+    big = numpy_helper.from_array(np.ones((4, 300), dtype="float32"), "big_weight")
+    bias = numpy_helper.from_array(np.ones((300,), dtype="float32"), "bias")
+    small = numpy_helper.from_array(np.ones((3,), dtype="float32"), "small")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "big_weight"], ["h"]), helper.make_node("Add", ["h", "bias"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 300])], [big, bias, small])
+    return helper.make_model(graph)
+
+
+def test_json_rendering_is_json_and_says_what_it_abbreviated(tmp_path: Path) -> None:
+    model = small_model()
+    write_renderings(model, tmp_path / "m.json", tmp_path / "m.txt", max_tensor_elements=500)
+    rendered = json.loads((tmp_path / "m.json").read_text())
+    back = json_format.Parse((tmp_path / "m.json").read_text(), onnx.ModelProto())
+    weights = {t.name: t for t in back.graph.initializer}
+    assert list(weights["big_weight"].dims) == [4, 300] and not weights["big_weight"].raw_data
+    assert "abbreviated: 1200 elements" in weights["big_weight"].doc_string
+    assert weights["bias"].raw_data == model.graph.initializer[1].raw_data
+    note = {p["key"]: p["value"] for p in rendered["metadataProps"]}[ABBREVIATION_KEY]
+    assert "big_weight" in note and "bias" not in note
+    assert "big_weight" in (tmp_path / "m.txt").read_text() and "abbreviated" in (tmp_path / "m.txt").read_text()
+    assert len(model.graph.initializer[0].raw_data) == 4800  # the original is untouched
+
+
+def test_no_abbreviation_note_when_everything_fits(tmp_path: Path) -> None:
+    write_renderings(small_model(), tmp_path / "m.json", tmp_path / "m.txt", max_tensor_elements=10_000)
+    assert "metadataProps" not in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_latency_stats_percentiles_and_throughput() -> None:
+    durations = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    stats = latency_stats("onnxruntime", 8, durations)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p99_ms > stats.p95_ms > stats.p50_ms
+    assert stats.throughput_per_s == pytest.approx(8 / np.mean(durations))
