@@ -85,3 +85,15 @@ def _name_dynamic_batch(proto: onnx.ModelProto) -> None:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
+
+
+def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Every top-level layer's (first) output on `inputs`, in topological order, with its parent layers."""
+    model = state["model"]
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    probe = keras.Model(model.inputs, [keras.tree.flatten(layer.output)[0] for layer in layers])
+    values = probe.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
+    values = values if isinstance(values, (list, tuple)) else [values]
+    return [{"name": layer.name, "kind": type(layer).__name__, "output": np.asarray(value),
+             "parents": sorted({p.operation.name for node in layer._inbound_nodes for p in node.parent_nodes})}
+            for layer, value in zip(layers, values)]

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from onnx_stage.config import ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_intermediate_values
 from onnx_stage.parity import compare_output, generated_inputs, output_passes
 from tasks.records import OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel
 
@@ -32,23 +33,34 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
     cases = [("input example", example)] if example else []
     cases += [(f"generated batch {b}", generated_inputs(source.inputs, b, rng, example)) for b in config.batch_sizes]
 
-    report_cases, reference = [], None
+    report_cases, reference, first_failure = [], None, None
     for label, inputs in cases:
         expected = worker.call("predict", inputs=inputs)
         actual = session.run(None, dict(zip(input_names, inputs)))
         outputs = [compare_output(n, e, a, config.atol, config.rtol) for n, e, a in zip(output_names, expected, actual)]
         report_cases.append(ParityCase(label=label, batch_size=len(inputs[0]), outputs=outputs))
         reference = reference or (inputs, expected)
+        if first_failure is None and not all(output_passes(o, config.min_argmax_agreement) for o in outputs):
+            first_failure = inputs
 
     report = ParityReport(
-        passed=all(output_passes(o, config.min_argmax_agreement) for c in report_cases for o in c.outputs),
+        passed=first_failure is None,
         atol=config.atol, rtol=config.rtol, cases=report_cases,
         reference_inputs=_write_npz(work_dir / "reference_inputs.npz", input_names, reference[0]),
         reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, reference[1]),
     )
     if not report.passed:
-        raise StageError(f"ONNX output differs from Keras beyond tolerance, nothing registered: {summarise(report)}")
+        raise StageError(f"ONNX output differs from Keras beyond tolerance, nothing registered: {summarise(report)}; "
+                         f"{blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config)}")
     return report
+
+
+def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, np.ndarray],
+                config: ValidateConfig) -> str:
+    keras_layers = [KerasLayerOutput(**layer) for layer in worker.call("layer_outputs", inputs=list(feed.values()))]
+    onnx_values = onnx_intermediate_values(onnx_model.onnx_path, feed)
+    divergence = locate_divergence(keras_layers, onnx_values, config.atol, config.rtol)
+    return divergence.describe() if divergence else "no single Keras layer could be blamed"
 
 
 def summarise(report: ParityReport) -> str:
