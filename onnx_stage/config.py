@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ConverterRoute = Literal["onnxmltools", "keras_export", "tf2onnx"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -32,6 +32,11 @@ class ConvertConfig(_Section):
     )
 
 
+class Tolerance(_Section):
+    atol: float = Field(..., ge=0, description="Absolute tolerance.")
+    rtol: float = Field(..., ge=0, description="Relative tolerance.")
+
+
 class ValidateConfig(_Section):
     atol: float = Field(1e-4, ge=0, description="Absolute tolerance of the ONNX vs Keras comparison.")
     rtol: float = Field(1e-3, ge=0, description="Relative tolerance of the ONNX vs Keras comparison.")
@@ -44,13 +49,24 @@ class ValidateConfig(_Section):
         1.0, ge=0, le=1, description="For classifier outputs: the fraction of rows whose argmax must agree."
     )
     seed: int = Field(0, description="Seed of the generated validation inputs.")
+    per_output: dict[str, Tolerance] = Field(
+        default_factory=dict, description="Tolerances for named outputs (the Keras output layer names)."
+    )
+
+    def tolerance_for(self, output: str) -> Tolerance:
+        return self.per_output.get(output, Tolerance(atol=self.atol, rtol=self.rtol))
 
 
 class BenchmarkConfig(_Section):
     enabled: bool = Field(True, description="Time onnxruntime against compiled Keras.")
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Batch sizes timed.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1, description="Batch sizes timed.")
     warmup_runs: int = Field(10, ge=0, description="Untimed runs before timing.")
-    timed_runs: int = Field(100, ge=5, description="Timed runs per runtime and batch size.")
+    timed_runs: int = Field(200, ge=5, description="Minimum timed runs per runtime and batch size.")
+    min_seconds: float = Field(1.0, ge=0, description="Keep timing until this long has passed (and timed_runs done).")
+    tune_session: bool = Field(
+        True, description="Try onnxruntime thread counts and optimisation levels; register the fastest."
+    )
+    screening_runs: int = Field(30, ge=3, description="Timed runs per candidate while tuning.")
 
 
 class RegisterConfig(_Section):
@@ -61,11 +77,49 @@ class RegisterConfig(_Section):
     mirror_aliases: bool = Field(True, description="Copy the source version's aliases onto the twin.")
 
 
+class SweepConfig(_Section):
+    cron: str = Field("*/30 * * * *", description="When the sweep deployment runs (5-field cron, server time zone).")
+    model_name_pattern: str = Field(
+        "%", min_length=1, description="SQL LIKE pattern of the registered models swept, e.g. digits-% (% = all)."
+    )
+    model_tag: str | None = Field(
+        None, description="Sweep only registered models carrying this tag, as key=value, e.g. onnx_stage.sweep=true.",
+    )
+    min_age_minutes: float = Field(
+        10, ge=0, description="Skip versions younger than this: the webhook path is still converting them."
+    )
+    max_versions: int = Field(20, ge=1, le=500, description="Most versions one sweep converts; the next takes the rest.")
+    max_concurrency: int = Field(2, ge=1, le=8, description="Conversions running at once (each uses a Keras process).")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"{cron!r} is not a 5-field cron expression (minute hour day month weekday), "
+                             "e.g. '*/30 * * * *'")
+        return cron
+
+    @field_validator("model_tag")
+    @classmethod
+    def _key_equals_value(cls, tag: str | None) -> str | None:
+        key, sep, _ = (tag or "").partition("=")
+        if tag is not None and not (sep and key.strip()):
+            raise ValueError(f"{tag!r} is not key=value, e.g. onnx_stage.sweep=true")
+        return tag
+
+    def model_tag_filter(self) -> tuple[str, str] | None:
+        if self.model_tag is None:
+            return None
+        key, _, value = self.model_tag.partition("=")
+        return key.strip(), value.strip()
+
+
 class StageConfig(_Section):
     convert: ConvertConfig = Field(default_factory=ConvertConfig)
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     registry: RegisterConfig = Field(default_factory=RegisterConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def artifact_fingerprint(self) -> str:
         """Hash of the settings that decide what gets registered: same source + same fingerprint = same twin."""

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from onnx_stage.routes import ROUTES
+from onnx_stage.timing import time_calls
 
 State = dict[str, Any]
 
@@ -42,6 +43,7 @@ def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict
         try:
             proto = ROUTES[route].convert(model, opset)
             _name_dynamic_batch(proto)
+            _name_outputs_after_layers(proto, [t._keras_history.operation.name for t in model.outputs])
             onnx.checker.check_model(proto)
             ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception as error:
@@ -58,17 +60,11 @@ def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
 
-def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, timed_runs: int) -> list[float]:
+def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, min_runs: int,
+                 min_seconds: float) -> list[float]:
     """Seconds per call of the compiled path (predict_on_batch), the fair Keras baseline."""
     model, batch = state["model"], inputs if len(inputs) > 1 else inputs[0]
-    for _ in range(warmup_runs):
-        model.predict_on_batch(batch)
-    durations = []
-    for _ in range(timed_runs):
-        started = time.perf_counter()
-        model.predict_on_batch(batch)
-        durations.append(time.perf_counter() - started)
-    return durations
+    return time_calls(lambda: model.predict_on_batch(batch), warmup_runs, min_runs, min_seconds)
 
 
 def _one_line(error: Exception) -> str:
@@ -78,6 +74,18 @@ def _one_line(error: Exception) -> str:
 
 def _spec(tensor: Any) -> dict[str, Any]:
     return {"name": tensor.name, "shape": list(tensor.shape), "dtype": str(tensor.dtype)}
+
+
+def _name_outputs_after_layers(proto: onnx.ModelProto, layer_names: list[str]) -> None:
+    """Routes name outputs output_1 or Identity:0; consumers and per-output tolerances use the Keras names."""
+    taken = {name for node in proto.graph.node for name in node.output}
+    for output, new_name in zip(proto.graph.output, layer_names):
+        if new_name in taken or output.name == new_name:
+            continue
+        for node in proto.graph.node:
+            node.output[:] = [new_name if n == output.name else n for n in node.output]
+            node.input[:] = [new_name if n == output.name else n for n in node.input]
+        output.name = new_name
 
 
 def _name_dynamic_batch(proto: onnx.ModelProto) -> None:

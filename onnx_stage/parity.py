@@ -12,14 +12,30 @@ def compare_output(name: str, expected: np.ndarray, actual: np.ndarray, atol: fl
     expected64, actual64 = expected.astype(np.float64), actual.astype(np.float64)
     difference = np.abs(actual64 - expected64)
     relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float32).tiny)
+    out_of_tolerance = difference > atol + rtol * np.abs(expected64)
     is_classifier = expected.ndim == 2 and expected.shape[1] > 1
     return OutputParity(
-        output=name,
+        output=name, atol=atol, rtol=rtol,
         max_abs=float(difference.max(initial=0.0)),
         max_rel=float(relative.max(initial=0.0)),
-        within_tolerance=bool(np.all(difference <= atol + rtol * np.abs(expected64))),
+        mean_abs=float(difference.mean()) if difference.size else 0.0,
+        cosine_similarity=_cosine(expected64.ravel(), actual64.ravel()),
+        fraction_out_of_tolerance=float(out_of_tolerance.mean()) if difference.size else 0.0,
+        within_tolerance=not bool(out_of_tolerance.any()),
         argmax_agreement=float(np.mean(expected.argmax(1) == actual.argmax(1))) if is_classifier else None,
+        top5_overlap=_top_k_overlap(expected, actual, 5) if is_classifier and expected.shape[1] > 5 else None,
     )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms else float(np.array_equal(a, b))
+
+
+def _top_k_overlap(expected: np.ndarray, actual: np.ndarray, k: int) -> float:
+    top_expected = np.argsort(-expected, axis=1)[:, :k]
+    top_actual = np.argsort(-actual, axis=1)[:, :k]
+    return float(np.mean([len(set(e) & set(a)) / k for e, a in zip(top_expected, top_actual)]))
 
 
 def output_passes(parity: OutputParity, min_argmax_agreement: float) -> bool:

@@ -1,28 +1,37 @@
 """The run summary: a Prefect markdown artifact and the CLI's closing lines share these tables."""
 from __future__ import annotations
 
-from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
+from tasks.records import ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
 
 
 def parity_table(parity: ParityReport) -> list[str]:
-    lines = ["| inputs | output | max abs | max rel | argmax agreement | within tolerance |", "|---|---|---|---|---|---|"]
+    lines = ["| inputs | output | max abs | max rel | mean abs | cosine | out of tol. | argmax agree | top-5 | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for case in parity.cases:
         for o in case.outputs:
-            agreement = "—" if o.argmax_agreement is None else f"{o.argmax_agreement:.1%}"
-            lines.append(f"| {case.label} | {o.output} | {o.max_abs:.3g} | {o.max_rel:.3g} | {agreement} | "
+            lines.append(f"| {case.label} | {o.output} | {o.max_abs:.3g} | {o.max_rel:.3g} | {o.mean_abs:.3g} | "
+                         f"{o.cosine_similarity:.6f} | {o.fraction_out_of_tolerance:.2%} | "
+                         f"{_percent(o.argmax_agreement)} | {_percent(o.top5_overlap)} | "
                          f"{'yes' if o.within_tolerance else 'NO'} |")
     return lines
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
 
 
 def latency_table(bench: BenchReport) -> list[str]:
     if not bench.rows:
         return ["benchmark disabled"]
-    lines = ["| runtime | batch | p50 ms | p95 ms | p99 ms | items/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.runtime} | {r.batch_size} | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f} | "
-              f"{r.throughput_per_s:,.0f} |" for r in bench.rows]
+    lines = ["| runtime | batch | runs | p50 ms | p95 ms | p99 ms | mean ms (95 % CI) | items/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.runtime} | {r.batch_size} | {r.runs} | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f} | "
+              f"{r.mean_ms:.3f} ± {r.mean_ci95_ms:.3f} | {r.throughput_per_s:,.0f} |" for r in bench.rows]
+    lines.append(f"\nRegistered onnxruntime session options: `{bench.session_options or 'defaults'}`")
     for batch_size in sorted({r.batch_size for r in bench.rows}):
-        if (speedup := bench.speedup(batch_size)) is not None:
-            lines.append(f"\nonnxruntime vs compiled Keras at batch {batch_size}: {speedup:.2f}× (p50)")
+        versus_default = bench.speedup(batch_size, baseline=ORT_DEFAULT)
+        lines.append(f"- batch {batch_size}: registered ONNX is {bench.speedup(batch_size):.2f}× compiled Keras"
+                     + (f", {versus_default:.2f}× default onnxruntime" if bench.session_options else "") + " (p50)")
     return lines
 
 
@@ -35,4 +44,6 @@ def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityRe
         f"`{onnx_model.route}` at opset {onnx_model.opset} in {onnx_model.conversion_seconds:.1f} s.{failed_routes}",
         f"\n## Parity (atol={parity.atol:g}, rtol={parity.rtol:g})", *parity_table(parity),
         "\n## Latency", *latency_table(bench),
+        *([f"\nLatency distributions: `latency.png` in {twin.uri} (extra_files/), run `{twin.run_id}`."]
+          if bench.rows else []),
     ])

@@ -1,13 +1,33 @@
-"""Latency statistics from per-call durations."""
+"""Timing loops and latency statistics, shared by the flow process (onnxruntime) and the Keras child."""
 from __future__ import annotations
+
+import math
+import time
+from typing import Callable
 
 import numpy as np
 
 from tasks.records import LatencyStats
 
 
+def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_seconds: float) -> list[float]:
+    """Seconds per call: warm-up, then at least min_runs calls and at least min_seconds of timing."""
+    for _ in range(warmup_runs):
+        call()
+    durations: list[float] = []
+    started = time.perf_counter()
+    while len(durations) < min_runs or time.perf_counter() - started < min_seconds:
+        before = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - before)
+    return durations
+
+
 def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> LatencyStats:
     milliseconds = np.asarray(durations_s) * 1e3
     p50, p95, p99 = np.percentile(milliseconds, [50, 95, 99])
-    return LatencyStats(runtime=runtime, batch_size=batch_size, p50_ms=float(p50), p95_ms=float(p95),
-                        p99_ms=float(p99), throughput_per_s=float(batch_size * 1e3 / milliseconds.mean()))
+    mean = float(milliseconds.mean())
+    half_width = 1.96 * float(milliseconds.std(ddof=1)) / math.sqrt(len(milliseconds)) if len(milliseconds) > 1 else 0.0
+    return LatencyStats(runtime=runtime, batch_size=batch_size, runs=len(milliseconds), p50_ms=float(p50),
+                        p95_ms=float(p95), p99_ms=float(p99), mean_ms=mean, mean_ci95_ms=half_width,
+                        throughput_per_s=batch_size * 1e3 / mean, samples_ms=milliseconds.round(4).tolist())

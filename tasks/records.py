@@ -68,10 +68,16 @@ class OnnxArtifacts(Record):
 
 class OutputParity(Record):
     output: str
+    atol: float
+    rtol: float
     max_abs: float
     max_rel: float
+    mean_abs: float
+    cosine_similarity: float
+    fraction_out_of_tolerance: float
     within_tolerance: bool
-    argmax_agreement: float | None = None
+    argmax_agreement: float | None = Field(None, description="Classifier outputs: rows whose argmax agrees.")
+    top5_overlap: float | None = Field(None, description="Classifier outputs with > 5 classes: mean top-5 overlap.")
 
 
 class ParityCase(Record):
@@ -88,26 +94,39 @@ class ParityReport(Record):
     reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
     reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
 
-    def worst(self) -> OutputParity:
-        return max((o for c in self.cases for o in c.outputs), key=lambda o: (not o.within_tolerance, o.max_abs))
-
 
 class LatencyStats(Record):
     runtime: str
     batch_size: int
+    runs: int
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    mean_ms: float
+    mean_ci95_ms: float = Field(..., description="Half-width of the 95 % confidence interval of the mean.")
     throughput_per_s: float
+    samples_ms: list[float] = Field(default_factory=list, repr=False)
+
+
+KERAS, ORT_DEFAULT, ORT_TUNED = "keras", "onnxruntime default", "onnxruntime tuned"
 
 
 class BenchReport(Record):
     rows: list[LatencyStats] = []
+    session_options: dict[str, int | str] = Field(
+        default_factory=dict, description="onnxruntime options the twin is registered (and served) with."
+    )
 
-    def speedup(self, batch_size: int) -> float | None:
+    @property
+    def registered_runtime(self) -> str:
+        return ORT_TUNED if self.session_options else ORT_DEFAULT
+
+    def speedup(self, batch_size: int, baseline: str = KERAS, runtime: str | None = None) -> float | None:
+        """p50 of baseline / p50 of runtime (default: the registered onnxruntime configuration)."""
+        runtime = runtime or self.registered_runtime
         by_runtime = {r.runtime: r for r in self.rows if r.batch_size == batch_size}
-        if {"keras", "onnxruntime"} <= by_runtime.keys():
-            return by_runtime["keras"].p50_ms / by_runtime["onnxruntime"].p50_ms
+        if {baseline, runtime} <= by_runtime.keys():
+            return by_runtime[baseline].p50_ms / by_runtime[runtime].p50_ms
         return None
 
 

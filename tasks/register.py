@@ -16,6 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from onnx_stage.config import StageConfig
+from onnx_stage.plot import latency_plot
+from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import use_experiment
 from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
 
@@ -44,6 +46,8 @@ def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
     use_experiment(config.registry.experiment)
     reports = [_write_json(work_dir / "validation.json", parity.model_dump(mode="json")),
                _write_json(work_dir / "benchmark.json", bench.model_dump(mode="json"))]
+    if bench.rows:
+        reports.append(latency_plot(bench, work_dir / "latency.png", f"{source.ref.describe()} latency"))
     inputs, outputs = _npz_dict(parity.reference_inputs), _npz_dict(parity.reference_outputs)
     with mlflow.start_run(run_name=f"onnx {source.ref.describe()}") as run:
         mlflow.log_params({"source": source.ref.describe(), "route": onnx_model.route, "opset": onnx_model.opset})
@@ -52,7 +56,8 @@ def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
             onnx.load(str(onnx_model.onnx_path)), name="model",
             signature=infer_signature(inputs, outputs), input_example=inputs,
             pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
-            save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+            save_as_external_data=False, onnx_execution_providers=PROVIDERS,
+            onnx_session_options=bench.session_options or None,
             extra_files=[str(onnx_model.json_path), str(onnx_model.text_path), *map(str, reports)],
         )
     name = twin_name(source, config)
@@ -99,9 +104,9 @@ def _metrics(parity: ParityReport, bench: BenchReport, onnx_model: OnnxArtifacts
             prefix = _metric_key(f"parity.{case.label}.{output.output}")
             metrics[f"{prefix}.max_abs"], metrics[f"{prefix}.max_rel"] = output.max_abs, output.max_rel
     for row in bench.rows:
-        prefix = f"latency.{row.runtime}.batch{row.batch_size}"
-        metrics.update({f"{prefix}.p50_ms": row.p50_ms, f"{prefix}.p95_ms": row.p95_ms,
-                        f"{prefix}.p99_ms": row.p99_ms, f"{prefix}.throughput_per_s": row.throughput_per_s})
+        prefix = _metric_key(f"latency.{row.runtime}.batch{row.batch_size}")
+        metrics.update({f"{prefix}.{key}": getattr(row, key) for key in
+                        ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_ci95_ms", "throughput_per_s")})
     return metrics
 
 

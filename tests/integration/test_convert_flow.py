@@ -14,7 +14,8 @@ from onnx_stage.cli import main as cli_main
 from onnx_stage.config import load_config
 from onnx_stage.errors import StageError
 
-FAST = ["benchmark.timed_runs=10", "benchmark.warmup_runs=2"]
+FAST = ["benchmark.timed_runs=10", "benchmark.warmup_runs=2", "benchmark.min_seconds=0",
+        "benchmark.screening_runs=3"]
 
 
 def versions_of(name: str) -> list:
@@ -50,7 +51,8 @@ def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_pa
     assert validation["passed"] and {c["batch_size"] for c in validation["cases"]} >= {1, 16}
     assert json.loads((files / "extra_files" / "benchmark.json").read_text())["rows"]
     metrics = client.get_run(twin.run_id).data.metrics
-    assert metrics["latency.onnxruntime.batch1.p50_ms"] > 0
+    assert metrics["latency.keras.batch1.p50_ms"] > 0 and metrics["latency.onnxruntime_default.batch32.p50_ms"] > 0
+    assert (files / "extra_files" / "latency.png").read_bytes().startswith(b"\x89PNG")
 
     # a registry consumer: pyfunc by alias, on the version's own input example
     consumer = mlflow.pyfunc.load_model(f"models:/{twin.name}@champion")

@@ -47,3 +47,16 @@ def test_generated_inputs_follow_specs_and_example_range() -> None:
     x, ids = generated_inputs(specs, 7, np.random.default_rng(0), example)
     assert x.shape == (7, 3) and x.dtype == np.float32 and 2.0 <= x.min() and x.max() <= 4.0
     assert ids.shape == (7, 4) and ids.dtype == np.int32 and 0 <= ids.min() and ids.max() <= 5
+
+
+def test_summary_statistics() -> None:
+    expected = np.array([[0.1, 0.2, 0.3, 0.05, 0.15, 0.1, 0.1]], dtype="float32")
+    actual = expected.copy()
+    actual[0, 0] += 0.01
+    parity = compare_output("p", expected, actual, atol=1e-3, rtol=0)
+    assert parity.fraction_out_of_tolerance == pytest.approx(1 / 7)
+    assert parity.mean_abs == pytest.approx(0.01 / 7, rel=1e-3)
+    assert 0.99 < parity.cosine_similarity < 1.0
+    assert parity.top5_overlap == 1.0
+    swapped = expected[:, ::-1].copy()
+    assert compare_output("p", expected, swapped, atol=1, rtol=0).top5_overlap < 1.0

@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from google.protobuf import json_format
 from onnx import helper, numpy_helper
 
 from onnx_stage.rendering import ABBREVIATION_KEY, write_renderings
-from onnx_stage.timing import latency_stats
+from onnx_stage.timing import latency_stats, time_calls
 
 
 def small_model() -> onnx.ModelProto:
@@ -42,9 +43,27 @@ def test_no_abbreviation_note_when_everything_fits(tmp_path: Path) -> None:
     assert "metadataProps" not in json.loads((tmp_path / "m.json").read_text())
 
 
-def test_latency_stats_percentiles_and_throughput() -> None:
+def test_latency_stats_on_synthetic_timings() -> None:
     durations = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     stats = latency_stats("onnxruntime", 8, durations)
+    assert stats.runs == 100 and len(stats.samples_ms) == 100
     assert stats.p50_ms == pytest.approx(50.5)
-    assert stats.p99_ms > stats.p95_ms > stats.p50_ms
+    assert stats.p95_ms == pytest.approx(95.05) and stats.p99_ms == pytest.approx(99.01)
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.mean_ci95_ms == pytest.approx(1.96 * np.std(np.arange(1, 101), ddof=1) / 10)
     assert stats.throughput_per_s == pytest.approx(8 / np.mean(durations))
+
+
+def test_confidence_interval_shrinks_with_more_samples() -> None:
+    rng = np.random.default_rng(0)
+    few = latency_stats("k", 1, list(rng.normal(0.010, 0.001, 50)))
+    many = latency_stats("k", 1, list(rng.normal(0.010, 0.001, 5000)))
+    assert many.mean_ci95_ms < few.mean_ci95_ms / 5
+    assert abs(many.mean_ms - 10.0) < 3 * many.mean_ci95_ms
+
+
+def test_timing_loop_honours_both_minimum_runs_and_minimum_time() -> None:
+    calls = []
+    assert len(time_calls(lambda: calls.append(1), warmup_runs=3, min_runs=20, min_seconds=0)) == 20
+    assert len(calls) == 23
+    assert len(time_calls(lambda: time.sleep(0.01), warmup_runs=0, min_runs=2, min_seconds=0.2)) >= 15

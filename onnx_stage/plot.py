@@ -1,0 +1,29 @@
+"""A PNG of the latency distributions per runtime and batch size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from tasks.records import BenchReport  # noqa: E402
+
+
+def latency_plot(bench: BenchReport, path: Path, title: str) -> Path:
+    batch_sizes = sorted({row.batch_size for row in bench.rows})
+    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(4.5 * len(batch_sizes), 4), squeeze=False)
+    for axis, batch_size in zip(axes[0], batch_sizes):
+        rows = [row for row in bench.rows if row.batch_size == batch_size]
+        axis.boxplot([row.samples_ms for row in rows], showfliers=True, whis=(1, 99))
+        axis.set_xticks(range(1, len(rows) + 1), [row.runtime.replace(" ", "\n") for row in rows])
+        axis.set_yscale("log")
+        axis.set_title(f"batch {batch_size}")
+        axis.set_ylabel("latency per call (ms, log scale)")
+        axis.grid(axis="y", which="both", alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

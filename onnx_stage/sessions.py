@@ -1,0 +1,36 @@
+"""onnxruntime sessions built from the same option dict the MLflow onnx flavor serves with.
+
+mlflow.onnx reads `onnx_session_options` (intra/inter_op_num_threads, execution_mode, graph_optimization_level)
+when a consumer loads the model; building our sessions from that dict means validation, benchmark and serving
+run the model the same way.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+PROVIDERS = ["CPUExecutionProvider"]
+SessionOptionsDict = dict[str, int | str]
+
+
+def open_session(onnx_path: Path, options: SessionOptionsDict | None = None) -> ort.InferenceSession:
+    session_options = ort.SessionOptions()
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        if key in (options or {}):
+            setattr(session_options, key, int(options[key]))
+    if "execution_mode" in (options or {}):
+        session_options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if options["execution_mode"] == "parallel"
+                                          else ort.ExecutionMode.ORT_SEQUENTIAL)
+    if "graph_optimization_level" in (options or {}):
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel(int(options["graph_optimization_level"]))
+    return ort.InferenceSession(str(onnx_path), sess_options=session_options, providers=PROVIDERS)
+
+
+def tuning_candidates() -> list[SessionOptionsDict]:
+    cores = os.cpu_count() or 1
+    levels = [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED.value, ort.GraphOptimizationLevel.ORT_ENABLE_ALL.value]
+    threads = sorted({1, cores})
+    return [{"graph_optimization_level": level, "intra_op_num_threads": count,
+             "execution_mode": "sequential"} for level in levels for count in threads]
