@@ -19,7 +19,7 @@ from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
 from tasks.register import find_twin, publish, register
-from tasks.validate import check_consumer, validate
+from tasks.validate import check_consumer, validate, validate_variants
 
 
 @task(name="summarise", cache_policy=NO_CACHE)
@@ -36,7 +36,7 @@ def convert_model(
     alias: str | None = Field(None, description="Version alias to convert, e.g. champion. Empty + no version = latest."),
     path: str | None = Field(None, description="Convert this .h5/.keras file (local path or MLflow artifact URI) "
                                                "instead of a registry version; registered as {model_name}-onnx."),
-    config: StageConfig = Field(default_factory=load_config, description="Stage settings (configs/default.yaml)."),
+    config: StageConfig = Field(load_config(), description="Stage settings (configs/default.yaml)."),
 ) -> RegisteredTwin:
     configure_tracking()
     ref = ModelRef(name=model_name, version=version, alias=alias, path=path)
@@ -49,11 +49,19 @@ def convert_model(
             return existing
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
         parity = validate(source, onnx_model, worker, config.validation, work_dir)
-        bench = benchmark(source, onnx_model, worker, config.benchmark)
+        variants = validate_variants(source, onnx_model, worker, config, work_dir)
+        accepted = [variant for variant in variants if variant.parity]
+        bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
         worker.close()
         with transaction():
             twin = register(source, onnx_model, parity, bench, config, work_dir)
             check_consumer(twin, parity)
-            publish(source, twin, config)
-        print(summarise(source, onnx_model, parity, bench, twin))
+            variant_twins = []
+            for variant in accepted:
+                variant_twins.append(register(source, variant.onnx_model, variant.parity, bench, config,
+                                              work_dir / variant.kind, variant.kind))
+                check_consumer(variant_twins[-1], variant.parity)
+            for registered in (twin, *variant_twins):
+                publish(source, registered, config)
+        print(summarise(source, onnx_model, parity, bench, twin, variants, variant_twins))
         return twin

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     debug = args.debug or bool(os.environ.get("ONNX_STAGE_DEBUG"))
+    # Prefect's ephemeral server otherwise phones home (no network here) and races its own sqlite writes
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         config = load_config(args.config, args.overrides)
         from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks

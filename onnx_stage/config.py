@@ -30,6 +30,10 @@ class ConvertConfig(_Section):
     json_max_tensor_elements: int = Field(
         1024, ge=0, description="Tensors with more elements are abbreviated in model.json (the file says so)."
     )
+    custom_object_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules the Keras child imports before loading: where custom layers are registered.",
+    )
 
 
 class Tolerance(_Section):
@@ -67,6 +71,13 @@ class BenchmarkConfig(_Section):
         True, description="Try onnxruntime thread counts and optimisation levels; register the fastest."
     )
     screening_runs: int = Field(30, ge=3, description="Timed runs per candidate while tuning.")
+
+
+class VariantConfig(_Section):
+    kind: Literal["fp16", "int8_dynamic"] = Field(..., description="fp16 weights, or dynamic int8 quantisation.")
+    atol: float = Field(..., ge=0, description="Absolute tolerance of this variant vs Keras.")
+    rtol: float = Field(..., ge=0, description="Relative tolerance of this variant vs Keras.")
+    min_argmax_agreement: float = Field(0.99, ge=0, le=1, description="Classifier rows whose argmax must agree.")
 
 
 class RegisterConfig(_Section):
@@ -119,11 +130,16 @@ class StageConfig(_Section):
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     registry: RegisterConfig = Field(default_factory=RegisterConfig)
+    variants: list[VariantConfig] = Field(
+        default_factory=list,
+        description="Optional fp16 / int8 variants, each registered as its own version only if it passes its gate.",
+    )
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def artifact_fingerprint(self) -> str:
         """Hash of the settings that decide what gets registered: same source + same fingerprint = same twin."""
         relevant = {"convert": self.convert.model_dump(exclude={"timeout_seconds"}),
+                    "variants": [v.model_dump() for v in self.variants],
                     "validation": self.validation.model_dump(), "name_template": self.registry.name_template}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
 """The run summary: a Prefect markdown artifact and the CLI's closing lines share these tables."""
 from __future__ import annotations
 
-from tasks.records import ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
+from tasks.records import (ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
+                           VariantOutcome)
 
 
 def parity_table(parity: ParityReport) -> list[str]:
@@ -35,8 +36,21 @@ def latency_table(bench: BenchReport) -> list[str]:
     return lines
 
 
+def variants_section(variants: list[VariantOutcome], variant_twins: list[RegisteredTwin]) -> list[str]:
+    registered = {twin.variant: twin for twin in variant_twins}
+    lines = ["\n## Variants"] if variants else []
+    for variant in variants:
+        if variant.kind in registered:
+            lines.append(f"- {variant.kind}: registered as {registered[variant.kind].uri} "
+                         f"(aliases get the suffix -{variant.kind})")
+        else:
+            lines.append(f"- {variant.kind}: refused, not registered — {variant.refused}")
+    return lines
+
+
 def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-                twin: RegisteredTwin) -> str:
+                twin: RegisteredTwin, variants: list[VariantOutcome] = (),
+                variant_twins: list[RegisteredTwin] = ()) -> str:
     failed_routes = "".join(f"\n- route {r} failed: {why}" for r, why in onnx_model.route_failures.items())
     return "\n".join([
         f"# {source.ref.describe()} → {twin.uri}",
@@ -46,4 +60,5 @@ def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityRe
         "\n## Latency", *latency_table(bench),
         *([f"\nLatency distributions: `latency.png` in {twin.uri} (extra_files/), run `{twin.run_id}`."]
           if bench.rows else []),
+        *variants_section(variants, variant_twins),
     ])

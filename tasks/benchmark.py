@@ -10,11 +10,11 @@ from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
 from onnx_stage.timing import latency_stats, time_calls
-from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel
+from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
 
 
 def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker,
-                    config: BenchmarkConfig) -> BenchReport:
+                    config: BenchmarkConfig, variants: list[VariantOutcome] = ()) -> BenchReport:
     if not config.enabled:
         return BenchReport()
     rng = np.random.default_rng(0)
@@ -29,6 +29,9 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
         for runtime, options in configurations:
             rows.append(latency_stats(runtime, batch_size, time_session(onnx_model, options, inputs,
                                                                         config.timed_runs, config)))
+        for variant in variants:
+            rows.append(latency_stats(f"onnxruntime {variant.kind}", batch_size,
+                                      time_session(variant.onnx_model, tuned, inputs, config.timed_runs, config)))
     return BenchReport(rows=rows, session_options=tuned)
 
 
@@ -54,6 +57,6 @@ def time_session(onnx_model: OnnxArtifacts, options: SessionOptionsDict, inputs:
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
-def benchmark(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker,
-              config: BenchmarkConfig) -> BenchReport:
-    return measure_latency(source, onnx_model, worker, config)
+def benchmark(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: BenchmarkConfig,
+              variants: list[VariantOutcome]) -> BenchReport:
+    return measure_latency(source, onnx_model, worker, config, variants)

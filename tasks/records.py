@@ -53,6 +53,7 @@ class SourceModel(Record):
     outputs: list[TensorSpec]
     input_example: Path | None = Field(None, description=".npz of the version's input example, if it has one.")
     library_versions: dict[str, str] = {}
+    weights_bytes: int | None = Field(None, description="Size of the model's weights in memory.")
 
 
 class OnnxArtifacts(Record):
@@ -64,6 +65,7 @@ class OnnxArtifacts(Record):
     route_versions: dict[str, str] = {}
     opset: int
     conversion_seconds: float
+    conversion_peak_rss_bytes: int | None = Field(None, description="Peak RSS of the Keras child while converting.")
 
 
 class OutputParity(Record):
@@ -93,6 +95,13 @@ class ParityReport(Record):
     cases: list[ParityCase]
     reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
     reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
+
+
+class VariantOutcome(Record):
+    kind: str
+    onnx_model: OnnxArtifacts
+    parity: ParityReport | None = Field(None, description="Set when the variant passed its gate.")
+    refused: str | None = Field(None, description="Why the variant was not registered.")
 
 
 class LatencyStats(Record):
@@ -136,3 +145,4 @@ class RegisteredTwin(Record):
     uri: str
     run_id: str
     created: bool = Field(..., description="False when an identical twin already existed (idempotent rerun).")
+    variant: str = Field("fp32", description="fp32 (the converted model), or the kind of a smaller variant.")

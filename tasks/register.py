@@ -23,6 +23,7 @@ from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTw
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
+FULL_PRECISION = "fp32"
 
 
 def twin_name(source: SourceModel, config: StageConfig) -> str:
@@ -35,21 +36,23 @@ def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTw
         return None
     query = f"name='{name}' and tags.`{TAG}source_sha256`='{source.sha256}'"
     for found in client.search_model_versions(query, order_by=["version_number DESC"]):
-        if found.tags.get(TAG + "config_fingerprint") == config.artifact_fingerprint():
+        if (found.tags.get(TAG + "config_fingerprint") == config.artifact_fingerprint()
+                and found.tags.get(TAG + "variant") == FULL_PRECISION):
             return RegisteredTwin(name=name, version=found.version, uri=f"models:/{name}/{found.version}",
                                   run_id=found.run_id, created=False)
     return None
 
 
 def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-                  config: StageConfig, work_dir: Path) -> RegisteredTwin:
+                  config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
+    """One new version of the twin model; variants (fp16, int8) are versions of their own, tagged with the kind."""
     use_experiment(config.registry.experiment)
     reports = [_write_json(work_dir / "validation.json", parity.model_dump(mode="json")),
                _write_json(work_dir / "benchmark.json", bench.model_dump(mode="json"))]
     if bench.rows:
         reports.append(latency_plot(bench, work_dir / "latency.png", f"{source.ref.describe()} latency"))
     inputs, outputs = _npz_dict(parity.reference_inputs), _npz_dict(parity.reference_outputs)
-    with mlflow.start_run(run_name=f"onnx {source.ref.describe()}") as run:
+    with mlflow.start_run(run_name=f"onnx {variant} {source.ref.describe()}") as run:
         mlflow.log_params({"source": source.ref.describe(), "route": onnx_model.route, "opset": onnx_model.opset})
         mlflow.log_metrics(_metrics(parity, bench, onnx_model))
         logged = mlflow.onnx.log_model(
@@ -61,24 +64,29 @@ def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
             extra_files=[str(onnx_model.json_path), str(onnx_model.text_path), *map(str, reports)],
         )
     name = twin_name(source, config)
-    created = mlflow.register_model(logged.model_uri, name, tags=_version_tags(source, onnx_model, parity, bench, config))
+    created = mlflow.register_model(logged.model_uri, name,
+                                    tags=_version_tags(source, onnx_model, parity, bench, config, variant))
     return RegisteredTwin(name=name, version=created.version, uri=f"models:/{name}/{created.version}",
-                          run_id=run.info.run_id, created=True)
+                          run_id=run.info.run_id, created=True, variant=variant)
 
 
 def publish_twin(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
-    """Point the source at its twin and mirror its aliases: done last, once the twin has proven loadable."""
+    """Point the source at its twin and mirror its aliases (a variant's as `<alias>-<kind>`, e.g. champion-int8_dynamic):
+    done last, once the twin has proven loadable."""
     client = MlflowClient()
+    suffix = "" if twin.variant == FULL_PRECISION else f"-{twin.variant}"
     if source.registry_version:
-        client.set_model_version_tag(source.ref.name, source.registry_version, TAG + "onnx_twin", twin.uri)
+        client.set_model_version_tag(source.ref.name, source.registry_version, TAG + "onnx_twin" + suffix, twin.uri)
     if config.registry.mirror_aliases:
         for alias in source.aliases:
-            client.set_registered_model_alias(twin.name, alias, twin.version)
+            client.set_registered_model_alias(twin.name, alias + suffix, twin.version)
 
 
 def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-                  config: StageConfig) -> dict[str, str]:
+                  config: StageConfig, variant: str) -> dict[str, str]:
+    runtime = bench.registered_runtime if variant == FULL_PRECISION else f"onnxruntime {variant}"
     tags = {
+        TAG + "variant": variant,
         TWIN_OF: f"{source.ref.name}/{source.registry_version}" if source.registry_version else str(source.ref.path),
         TAG + "source_name": source.ref.name,
         TAG + "source_version": source.registry_version or "",
@@ -91,7 +99,7 @@ def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
         TAG + "parity_max_abs": f"{max(o.max_abs for c in parity.cases for o in c.outputs):.3g}",
     }
     for batch_size in sorted({r.batch_size for r in bench.rows}):
-        speedup = bench.speedup(batch_size)
+        speedup = bench.speedup(batch_size, runtime=runtime)
         if speedup is not None:
             tags[TAG + f"speedup_vs_keras_b{batch_size}"] = f"{speedup:.2f}"
     return tags
@@ -131,8 +139,8 @@ def find_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-             config: StageConfig, work_dir: Path) -> RegisteredTwin:
-    twin = register_twin(source, onnx_model, parity, bench, config, work_dir)
+             config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
+    twin = register_twin(source, onnx_model, parity, bench, config, work_dir, variant)
     get_transaction().set("twin", twin)
     return twin
 

@@ -9,13 +9,21 @@ import onnx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from onnx_stage.config import ValidateConfig
+from onnx_stage.config import StageConfig, ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_intermediate_values
 from onnx_stage.parity import compare_output, generated_inputs, output_passes
+from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import open_session
-from tasks.records import OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel
+from onnx_stage.variants import build_variant
+from tasks.records import OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel, VariantOutcome
+
+
+class ParityError(StageError):
+    def __init__(self, figures: str, blame: str) -> None:
+        self.figures, self.blame = figures, blame
+        super().__init__(f"ONNX output differs from Keras beyond tolerance, nothing registered: {figures}; {blame}")
 
 
 def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
@@ -51,8 +59,7 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
         reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, reference[1]),
     )
     if not report.passed:
-        raise StageError(f"ONNX output differs from Keras beyond tolerance, nothing registered: {summarise(report)}; "
-                         f"{blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config)}")
+        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config))
     return report
 
 
@@ -62,6 +69,33 @@ def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, 
     onnx_values = onnx_intermediate_values(onnx_model.onnx_path, feed)
     divergence = locate_divergence(keras_layers, onnx_values, config.atol, config.rtol)
     return divergence.describe() if divergence else "no single Keras layer could be blamed"
+
+
+def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
+                  work_dir: Path) -> list[VariantOutcome]:
+    """Build each configured variant and hold it to its own tolerances against Keras; refuse those that fail."""
+    outcomes = []
+    for variant in config.variants:
+        variant_dir = work_dir / variant.kind
+        variant_path = build_variant(variant.kind, onnx_model.onnx_path, variant_dir)
+        artifacts = onnx_model.model_copy(update={
+            "onnx_path": variant_path, "json_path": variant_dir / "model.json", "text_path": variant_dir / "model.onnx.txt"})
+        write_renderings(onnx.load(str(variant_path)), artifacts.json_path, artifacts.text_path,
+                         config.convert.json_max_tensor_elements)
+        gate = config.validation.model_copy(update={
+            "atol": variant.atol, "rtol": variant.rtol, "min_argmax_agreement": variant.min_argmax_agreement,
+            "per_output": {}})
+        try:
+            parity = check_parity(source, artifacts, worker, gate, variant_dir)
+        except ParityError as refusal:
+            reason = f"failed its accuracy gate: {refusal.figures}; {refusal.blame}"
+            outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=reason))
+            continue
+        except StageError as refusal:
+            outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=str(refusal)))
+            continue
+        outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, parity=parity))
+    return outcomes
 
 
 def summarise(report: ParityReport) -> str:
@@ -104,6 +138,12 @@ def _write_npz(path: Path, names: list[str], arrays: list[np.ndarray]) -> Path:
 def validate(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
              work_dir: Path) -> ParityReport:
     return check_parity(source, onnx_model, worker, config, work_dir)
+
+
+@task(name="validate-variants", cache_policy=NO_CACHE)
+def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
+                      work_dir: Path) -> list[VariantOutcome]:
+    return gate_variants(source, onnx_model, worker, config, work_dir)
 
 
 @task(name="check-consumer-load", cache_policy=NO_CACHE)

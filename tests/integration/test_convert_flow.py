@@ -109,3 +109,18 @@ def test_bad_references_fail_with_one_clear_line(digits_model: str, capsys: pyte
     assert error.startswith("onnx-stage: error: ")
     assert __import__("re").search(message, error), error
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_variant_failing_its_gate_is_refused_and_a_passing_one_registered(digits_model: str) -> None:
+    config = load_config(overrides=[
+        *FAST, "benchmark.enabled=false", "registry.name_template={name}-variants-onnx",
+        "variants=[{kind: int8_dynamic, atol: 0, rtol: 0}, {kind: fp16, atol: 1.0e-2, rtol: 1.0e-2}]"])
+    twin = convert_model(model_name="digits-mlp", alias="champion", config=config)
+
+    by_variant = {v.tags["onnx_stage.variant"]: v for v in versions_of(twin.name)}
+    assert set(by_variant) == {"fp32", "fp16"}  # nothing of the int8 variant was registered
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(twin.name, "champion-fp16").version == by_variant["fp16"].version
+    assert client.get_model_version_by_alias(twin.name, "champion").version == twin.version
+    fp16 = mlflow.onnx.load_model(f"models:/{twin.name}/{by_variant['fp16'].version}")
+    assert any(init.data_type == 10 for init in fp16.graph.initializer)  # FLOAT16 weights
