@@ -10,7 +10,7 @@ export PREFECT_HOME ?= $(ONNX_STAGE_HOME)/prefect
 VENV := .venv
 MLFLOW_STORE = sqlite:///$(ONNX_STAGE_HOME)/mlflow.db
 
-.PHONY: setup demo test ui-commands
+.PHONY: setup demo test ui-commands stack-up stack-down deploy
 
 setup: $(VENV)/.synced
 
@@ -33,3 +33,14 @@ ui-commands:
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# The local production stack on 127.0.0.1 (mlflow server, prefect server, worker, webhook bridge): README "Deployments".
+stack-up: setup
+	$(VENV)/bin/python -m deployments.stack up
+
+stack-down:
+	$(VENV)/bin/python -m deployments.stack down
+
+# Redeploy deployments/prefect.yaml to the Prefect server in PREFECT_API_URL (stack-up does this itself).
+deploy: setup
+	$(VENV)/bin/python -m deployments.deploy

@@ -37,12 +37,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import uvicorn
-from prefect.events import Event, emit_event
 from prefect.settings import PREFECT_API_URL
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from onnx_stage.events import (
+    MODEL_VERSION_ALIAS_CREATED as PREFECT_ALIAS_CREATED,
+    MODEL_VERSION_CREATED as PREFECT_VERSION_CREATED,
+    emit_prefect_event,
+    model_version_created_payload,
+    model_version_resource,
+)
+from tasks.register import TWIN_OF
 
 logger = logging.getLogger("onnx_stage.bridge")
 
@@ -66,7 +74,7 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 SIGNATURE_VERSION = "v1"
 
 # Set by the registration step on the ONNX versions it creates; reacting to those would loop.
-TWIN_TAG = "onnx_stage.twin_of"
+TWIN_TAG = TWIN_OF
 
 MODEL_VERSION_CREATED = "model_version.created"
 MODEL_VERSION_ALIAS_CREATED = "model_version_alias.created"
@@ -80,21 +88,8 @@ class Emitter(Protocol):
     ) -> object: ...
 
 
-class EmissionFailed(RuntimeError):
-    pass
-
-
 class ConfigError(ValueError):
     pass
-
-
-def emit_prefect_event(*, event: str, resource: dict[str, str], payload: JsonObject) -> Event:
-    """Default emitter: hand the event to Prefect's events worker."""
-    emitted = emit_event(event=event, resource=resource, payload=payload)
-    # emit_event swallows its own errors and returns None when it cannot emit.
-    if emitted is None:
-        raise EmissionFailed(f"Prefect did not emit {event!r}; check PREFECT_API_URL")
-    return emitted
 
 
 def sign(secret: str, delivery_id: str, timestamp: str | int, body: bytes) -> str:
@@ -301,26 +296,14 @@ def required_field(data: JsonObject, key: str) -> str:
     return str(value)
 
 
-def model_version_resource(name: str, version: str) -> dict[str, str]:
-    return {
-        "prefect.resource.id": f"mlflow.model_version.{name}.{version}",
-        "mlflow.model.name": name,
-        "mlflow.model.version": version,
-    }
-
-
 def model_version_created_event(data: JsonObject, delivery_id: str) -> PrefectEvent:
     name, version = required_field(data, "name"), required_field(data, "version")
     return PrefectEvent(
-        name="mlflow.model_version.created",
+        name=PREFECT_VERSION_CREATED,
         resource=model_version_resource(name, version),
-        payload={
-            "name": name,
-            "version": version,
-            "run_id": data.get("run_id"),
-            "source": data.get("source"),
-            "delivery_id": delivery_id,
-        },
+        payload=model_version_created_payload(
+            name, version, data.get("run_id"), data.get("source"), delivery_id
+        ),
     )
 
 
@@ -328,7 +311,7 @@ def model_version_alias_created_event(data: JsonObject, delivery_id: str) -> Pre
     name, version = required_field(data, "name"), required_field(data, "version")
     alias = required_field(data, "alias")
     return PrefectEvent(
-        name="mlflow.model_version_alias.created",
+        name=PREFECT_ALIAS_CREATED,
         resource={**model_version_resource(name, version), "mlflow.model.alias": alias},
         payload={"name": name, "alias": alias, "version": version, "delivery_id": delivery_id},
     )
@@ -407,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         raise SystemExit(f"onnx-stage bridge: {error}") from None
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # force: importing Prefect already gave the root logger a handler, which would make this a no-op.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
     app = create_app(
         settings.secret,
         max_age_seconds=settings.max_age_seconds,

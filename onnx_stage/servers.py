@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,22 +36,65 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s
     raise RuntimeError(f"{url} not healthy after {timeout_seconds:.0f} s; see {log}")
 
 
+def launch(command: list[str], log: Path, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.Popen:
+    """Start a server in its own process group (so stop() also ends whatever it spawned), output to log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as log_stream:
+        return subprocess.Popen(command, stdout=log_stream, stderr=subprocess.STDOUT, cwd=cwd,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def stop_group(pid: int, timeout_seconds: float = 20) -> None:
+    """SIGTERM the process group a launch()ed server leads, SIGKILL it if still there after the timeout."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            _reap(pid)
+            time.sleep(0.2)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 @contextmanager
 def running(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None,
-            timeout_seconds: float = 120) -> Iterator[subprocess.Popen]:
-    with log.open("ab") as log_stream:
-        process = subprocess.Popen(command, stdout=log_stream, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+            timeout_seconds: float = 120, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    process = launch(command, log, env, cwd)
     try:
         wait_until_healthy(health_url, process, log, timeout_seconds)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_group(process.pid)
+
+
+def mlflow_server_command(state_dir: Path, port: int) -> list[str]:
+    return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(state_dir / "artifacts")]
+
+
+def prefect_server_env(state_dir: Path, port: int) -> dict[str, str]:
+    api = f"http://127.0.0.1:{port}/api"
+    # The UI asks PREFECT_UI_API_URL for its API; unset, it looks for port 4200 whatever --port says.
+    return {"PREFECT_HOME": str(state_dir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": api, "PREFECT_API_URL": api}
+
+
+def prefect_server_command(port: int) -> list[str]:
+    return [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
 
 
 @contextmanager
@@ -58,11 +102,8 @@ def mlflow_server(state_dir: Path, port: int | None = None, env: dict[str, str] 
     """`mlflow server` on a sqlite store in state_dir; yields its tracking URI."""
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
-               "--artifacts-destination", str(state_dir / "artifacts")]
     url = f"http://127.0.0.1:{port}"
-    with running(command, f"{url}/health", state_dir / "mlflow-server.log", env):
+    with running(mlflow_server_command(state_dir, port), f"{url}/health", state_dir / "mlflow-server.log", env):
         yield url
 
 
@@ -71,9 +112,7 @@ def prefect_server(state_dir: Path, port: int | None = None) -> Iterator[str]:
     """`prefect server start` with its own PREFECT_HOME in state_dir; yields its API URL."""
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
-    api = f"http://127.0.0.1:{port}/api"
-    env = {"PREFECT_HOME": str(state_dir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": api, "PREFECT_API_URL": api}
-    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, f"{api}/health", state_dir / "prefect-server.log", env, timeout_seconds=180):
-        yield api
+    env = prefect_server_env(state_dir, port)
+    with running(prefect_server_command(port), f"{env['PREFECT_API_URL']}/health", state_dir / "prefect-server.log",
+                 env, timeout_seconds=180):
+        yield env["PREFECT_API_URL"]

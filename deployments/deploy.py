@@ -1,0 +1,79 @@
+"""Deploy deployments/prefect.yaml to the Prefect API in PREFECT_API_URL, leaving exactly one trigger per deployment.
+
+`prefect deploy` replaces the automations a deployment owns, but automations of deleted or re-created deployments
+and those `serve` or the UI made stay and keep firing: this removes them first, then deploys.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import UUID
+
+import yaml
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.events.schemas.automations import Automation
+from prefect.exceptions import ObjectAlreadyExists
+
+from onnx_stage.config import load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+WORK_POOL = "onnx-stage"
+PROJECT_TAG = "onnx-stage"  # every deployment in prefect.yaml carries it
+
+
+def ensure_work_pool(client: SyncPrefectClient, name: str = WORK_POOL) -> None:
+    try:
+        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+    except ObjectAlreadyExists:
+        pass
+
+
+def run_prefect_deploy(config_path: str | None = None) -> None:
+    env = {**os.environ, "ONNX_STAGE_SWEEP_CRON": load_config(config_path).sweep.cron}
+    command = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+               "--prefect-file", str(PREFECT_FILE)]
+    # The worker loads flows from the directory `prefect deploy` ran in: the project root.
+    subprocess.run(command, cwd=PROJECT_ROOT, env=env, check=True)
+
+
+def deployment_targets(automation: Automation) -> set[UUID]:
+    return {action.deployment_id for action in automation.actions if getattr(action, "deployment_id", None)}
+
+
+def stale_automation_ids(client: SyncPrefectClient, redeployed: set[str]) -> list[UUID]:
+    """Automations running a deployment that no longer exists, or one of ours (prefect deploy recreates those)."""
+    live = {d.id: d for d in client.read_deployments()}
+    ours = {d.id for d in live.values() if d.name in redeployed and PROJECT_TAG in (d.tags or [])}
+    return [automation.id for automation in client.read_automations()
+            if (targets := deployment_targets(automation)) and (targets - live.keys() or targets & ours)]
+
+
+def triggers_per_deployment(client: SyncPrefectClient) -> dict[str, int]:
+    """Deployment name → how many automations run it (its triggers)."""
+    names = {d.id: d.name for d in client.read_deployments()}
+    counts = dict.fromkeys(names.values(), 0)
+    for automation in client.read_automations():
+        for target in deployment_targets(automation) & names.keys():
+            counts[names[target]] += 1
+    return counts
+
+
+def deploy(config_path: str | None = None) -> int:
+    """Returns how many stale automations were removed."""
+    redeployed = {d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
+    with get_client(sync_client=True) as client:
+        ensure_work_pool(client)
+        stale = stale_automation_ids(client, redeployed)
+        for automation_id in stale:
+            client.delete_automation(automation_id)
+    run_prefect_deploy(config_path)
+    return len(stale)
+
+
+if __name__ == "__main__":
+    removed = deploy(sys.argv[1] if len(sys.argv) > 1 else None)
+    print(f"deployed {PREFECT_FILE.relative_to(PROJECT_ROOT)}; replaced {removed} earlier trigger automation(s)")
