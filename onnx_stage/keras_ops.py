@@ -1,7 +1,10 @@
 """The operations the Keras child process serves (see keras_worker). Imported only in that child."""
 from __future__ import annotations
 
+import importlib
+import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,47 +15,79 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from onnx_stage.routes import ROUTES
+from onnx_stage.routes.signature import input_ports, output_ports
 from onnx_stage.timing import time_calls
 
 State = dict[str, Any]
 
 
-def load_model(state: State, model_file: str) -> dict[str, Any]:
-    model = keras.models.load_model(model_file, compile=False, safe_mode=True)
+def load_model(state: State, model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:
+    for module in custom_object_modules:
+        importlib.import_module(module)
     try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        raise ValueError(
-            f"{Path(model_file).name} has no defined inputs (a subclassed model that was never built); "
-            "save it after calling it once on real data, or as a functional model"
-        ) from None
+        model = keras.models.load_model(model_file, compile=False, safe_mode=True)
+    except TypeError as error:
+        raise ValueError(_unregistered_class_hint(str(error)) or _one_line(error)) from None
     state["model"] = model
     return {
-        "inputs": [_spec(t) for t in inputs],
-        "outputs": [_spec(t) for t in outputs],
+        "inputs": [asdict(port) for port in input_ports(model)],
+        "outputs": [asdict(port) for port in output_ports(model)],
         "library_versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+        "weights_bytes": sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights),
     }
 
 
+def _unregistered_class_hint(message: str) -> str | None:
+    """Keras' 'Could not locate class' error, reduced to the class, its module and the fix."""
+    missing = re.search(r"Could not locate class '([^']+)'", message)
+    if not missing:
+        return None
+    module = re.search(r"'module': '([^']+)', 'class_name': '" + re.escape(missing.group(1)), message)
+    where = f" (defined in module {module.group(1)!r})" if module else ""
+    return (f"layer or model class {missing.group(1)!r}{where} is not registered with Keras: decorate it with "
+            "@keras.saving.register_keras_serializable() and list its module in convert.custom_object_modules "
+            "so the Keras child imports it before loading")
+
+
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:
-    """Try the routes in order; the first whose model passes onnx.checker and loads in onnxruntime wins."""
+    """Try the routes in order; the first whose model passes onnx.checker and loads in onnxruntime wins.
+
+    Reports the child's peak resident memory during the conversion (the kernel's high-water mark, reset first).
+    """
     model = state["model"]
+    output_names = [port.name for port in output_ports(model)]
     failures: dict[str, str] = {}
+    _reset_peak_rss()
     for route in routes:
         started = time.perf_counter()
         try:
-            proto = ROUTES[route].convert(model, opset)
-            _name_dynamic_batch(proto)
-            _name_outputs_after_layers(proto, [t._keras_history.operation.name for t in model.outputs])
-            onnx.checker.check_model(proto)
-            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            _convert_with(route, model, opset, output_names, onnx_path)
         except Exception as error:
             failures[route] = _one_line(error)
             continue
-        onnx.save_model(proto, onnx_path)
         return {"route": route, "failures": failures, "seconds": time.perf_counter() - started,
-                "route_versions": ROUTES[route].versions()}
+                "route_versions": ROUTES[route].versions(), "peak_rss_bytes": _peak_rss_bytes()}
     raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
+
+
+def _convert_with(route: str, model: keras.Model, opset: int, output_names: list[str], onnx_path: str) -> None:
+    """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy."""
+    proto = ROUTES[route].convert(model, opset)
+    _name_dynamic_batch(proto)
+    _name_outputs_after_layers(proto, output_names)
+    onnx.save_model(proto, onnx_path)
+    del proto
+    onnx.checker.check_model(onnx_path)
+    ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
+
+
+def _peak_rss_bytes() -> int:
+    peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)
+    return int(peak_kib) * 1024
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -70,10 +105,6 @@ def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, min_r
 def _one_line(error: Exception) -> str:
     first_line = next(iter(str(error).strip().splitlines()), "")
     return f"{type(error).__name__}: {first_line[:300]}"
-
-
-def _spec(tensor: Any) -> dict[str, Any]:
-    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": str(tensor.dtype)}
 
 
 def _name_outputs_after_layers(proto: onnx.ModelProto, layer_names: list[str]) -> None:
@@ -105,3 +136,4 @@ def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]
     return [{"name": layer.name, "kind": type(layer).__name__, "output": np.asarray(value),
              "parents": sorted({p.operation.name for node in layer._inbound_nodes for p in node.parent_nodes})}
             for layer, value in zip(layers, values)]
+

@@ -30,6 +30,7 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         route_versions=outcome["route_versions"],
         opset=config.opset,
         conversion_seconds=outcome["seconds"],
+        conversion_peak_rss_bytes=outcome["peak_rss_bytes"],
     )
     write_renderings(onnx.load(str(onnx_path)), artifacts.json_path, artifacts.text_path,
                      config.json_max_tensor_elements)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -20,11 +21,12 @@ from tasks.records import ModelRef, SourceModel, TensorSpec
 MODEL_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 
 
-def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path) -> SourceModel:
+def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
+                custom_object_modules: Sequence[str] = ()) -> SourceModel:
     version = None if ref.path else resolve_version(MlflowClient(), ref)
     artifact_dir = fetch_artifacts(ref, version, work_dir / "source")
     model_file = find_model_file(artifact_dir)
-    interface = worker.call("load_model", model_file=str(model_file))
+    interface = worker.call("load_model", model_file=str(model_file), custom_object_modules=tuple(custom_object_modules))
     inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
     return SourceModel(
         ref=ref,
@@ -38,6 +40,7 @@ def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path) -> SourceMod
         outputs=[TensorSpec(**spec) for spec in interface["outputs"]],
         input_example=save_input_example(artifact_dir, inputs, work_dir / "input_example.npz"),
         library_versions=interface["library_versions"],
+        weights_bytes=interface["weights_bytes"],
     )
 
 
@@ -119,5 +122,5 @@ def sha256_of(path: Path) -> str:
 
 
 @task(name="load", cache_policy=NO_CACHE)
-def load(ref: ModelRef, worker: KerasWorker, work_dir: Path) -> SourceModel:
-    return load_source(ref, worker, work_dir)
+def load(ref: ModelRef, worker: KerasWorker, work_dir: Path, custom_object_modules: Sequence[str] = ()) -> SourceModel:
+    return load_source(ref, worker, work_dir, custom_object_modules)

@@ -6,7 +6,7 @@ list it here. Imported only in the Keras child process.
 """
 from types import ModuleType
 
-from onnx_stage.routes import keras_export, onnxmltools_route, tf2onnx_route
+from onnx_stage.routes import keras_export, onnxmltools_route, tf2onnx_handlers, tf2onnx_route  # noqa: F401
 
 ROUTES: dict[str, ModuleType] = {
     "onnxmltools": onnxmltools_route,
