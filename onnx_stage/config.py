@@ -53,6 +53,13 @@ class ValidateConfig(_Section):
         1.0, ge=0, le=1, description="For classifier outputs: the fraction of rows whose argmax must agree."
     )
     seed: int = Field(0, description="Seed of the generated validation inputs.")
+    sequence_lengths: list[int] = Field(
+        default_factory=lambda: [3, 17], description="Extra lengths tried on inputs with a dynamic inner dimension."
+    )
+    sample_data: str | None = Field(
+        None, description="Your own validation inputs: a .npz path or MLflow artifact URI, arrays named after inputs."
+    )
+    sample_rows: int = Field(256, ge=1, description="At most this many rows of sample_data are compared.")
     per_output: dict[str, Tolerance] = Field(
         default_factory=dict, description="Tolerances for named outputs (the Keras output layer names)."
     )

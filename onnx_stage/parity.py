@@ -44,19 +44,30 @@ def output_passes(parity: OutputParity, min_argmax_agreement: float) -> bool:
 
 
 def generated_inputs(specs: list[TensorSpec], batch_size: int, rng: np.random.Generator,
-                     example: list[np.ndarray] | None) -> list[np.ndarray]:
-    """Random inputs of each spec's dtype; floats spread over the example's range when there is one."""
+                     example: list[np.ndarray] | None, hints: list[dict] | None = None,
+                     sequence_length: int | None = None) -> list[np.ndarray]:
+    """Random inputs of each spec's dtype and a plausible range: integer inputs within the range the model's
+    first layers imply (an Embedding's vocabulary), floats within the example's range, else the implied range
+    (Rescaling, Normalization), else standard normal. Dynamic inner dimensions take sequence_length, else the
+    example's size, else 8."""
     arrays = []
     for index, spec in enumerate(specs):
         sample = example[index] if example else None
-        inner = [d if d is not None else (sample.shape[i + 1] if sample is not None else 8)
+        hint = hints[index] if hints else {}
+        inner = [d if d is not None else sequence_length or (sample.shape[i + 1] if sample is not None else 8)
                  for i, d in enumerate(spec.shape[1:])]
         shape = (batch_size, *inner)
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
-            high = int(sample.max()) + 1 if sample is not None else 10
-            arrays.append(rng.integers(0, max(high, 1), size=shape).astype(spec.dtype))
+            low, high = (hint["low"], hint["high"]) if hint else (0, int(sample.max()) if sample is not None else 9)
+            arrays.append(rng.integers(int(low), int(high), size=shape, endpoint=True).astype(spec.dtype))
         elif sample is not None and sample.size:
             arrays.append(rng.uniform(float(sample.min()), float(sample.max()), size=shape).astype(spec.dtype))
+        elif hint:
+            arrays.append(rng.uniform(hint["low"], hint["high"], size=shape).astype(spec.dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(spec.dtype))
     return arrays
+
+
+def has_dynamic_inner_dimension(specs: list[TensorSpec]) -> bool:
+    return any(d is None for spec in specs for d in spec.shape[1:])

@@ -18,7 +18,8 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
     if not config.enabled:
         return BenchReport()
     rng = np.random.default_rng(0)
-    batches = {b: generated_inputs(source.inputs, b, rng, example=None) for b in config.batch_sizes}
+    hints = worker.call("input_hints")
+    batches = {b: generated_inputs(source.inputs, b, rng, example=None, hints=hints) for b in config.batch_sizes}
     tuned = pick_session_options(onnx_model, batches, config) if config.tune_session else {}
     configurations = [(ORT_DEFAULT, {})] + ([(ORT_TUNED, tuned)] if tuned else [])
     rows = []
