@@ -4,6 +4,7 @@ UV_VERSION := 0.13.8
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL := 3
 export ONNX_STAGE_HOME ?= $(CURDIR)/.onnx-stage
 export PREFECT_HOME ?= $(ONNX_STAGE_HOME)/prefect
@@ -20,6 +21,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 demo: setup
+	@mkdir -p "$(PREFECT_HOME)"
 	$(VENV)/bin/python -m flows.train_demo
 	$(VENV)/bin/onnx-stage convert --model digits-mlp --alias champion
 	@$(MAKE) --no-print-directory ui-commands
