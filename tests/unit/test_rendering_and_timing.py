@@ -3,8 +3,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from google.protobuf import json_format
 from onnx import helper, numpy_helper
 
