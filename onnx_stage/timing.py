@@ -23,6 +23,19 @@ def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_
     return durations
 
 
+def time_interleaved(calls: dict[str, Callable[[], object]], warmup_runs: int, min_runs: int, min_seconds: float,
+                     rounds: int = 10) -> dict[str, list[float]]:
+    """time_calls for several contenders, alternating in rounds so that machine noise hits them alike."""
+    for call in calls.values():
+        for _ in range(warmup_runs):
+            call()
+    durations: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            durations[name] += time_calls(call, 0, -(-min_runs // rounds), min_seconds / rounds)
+    return durations
+
+
 def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> LatencyStats:
     milliseconds = np.asarray(durations_s) * 1e3
     p50, p95, p99 = np.percentile(milliseconds, [50, 95, 99])

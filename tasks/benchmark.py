@@ -1,6 +1,8 @@
 """benchmark: compiled Keras vs onnxruntime (default, and tuned for this machine) per batch size."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -9,7 +11,7 @@ from onnx_stage.config import BenchmarkConfig
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
-from onnx_stage.timing import latency_stats, time_calls
+from onnx_stage.timing import latency_stats, time_interleaved
 from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
 
 
@@ -20,41 +22,50 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
     rng = np.random.default_rng(0)
     hints = worker.call("input_hints")
     batches = {b: generated_inputs(source.inputs, b, rng, example=None, hints=hints) for b in config.batch_sizes}
-    tuned = pick_session_options(onnx_model, batches, config) if config.tune_session else {}
-    configurations = [(ORT_DEFAULT, {})] + ([(ORT_TUNED, tuned)] if tuned else [])
+    candidates: dict[str, SessionOptionsDict] = {ORT_DEFAULT: {}}
+    if config.tune_session and (tuned := pick_session_options(onnx_model, batches, config)):
+        candidates[ORT_TUNED] = tuned
     rows = []
     for batch_size, inputs in batches.items():
         keras_durations = worker.call("time_predict", inputs=inputs, warmup_runs=config.warmup_runs,
                                       min_runs=config.timed_runs, min_seconds=config.min_seconds)
         rows.append(latency_stats(KERAS, batch_size, keras_durations))
-        for runtime, options in configurations:
-            rows.append(latency_stats(runtime, batch_size, time_session(onnx_model, options, inputs,
-                                                                        config.timed_runs, config)))
-        for variant in variants:
-            rows.append(latency_stats(f"onnxruntime {variant.kind}", batch_size,
-                                      time_session(variant.onnx_model, tuned, inputs, config.timed_runs, config)))
-    return BenchReport(rows=rows, session_options=tuned)
+        runners = {name: session_runner(onnx_model, options, inputs) for name, options in candidates.items()}
+        runners |= {f"onnxruntime {v.kind}": session_runner(v.onnx_model, candidates.get(ORT_TUNED, {}), inputs)
+                    for v in variants}
+        timings = time_interleaved(runners, config.warmup_runs, config.timed_runs, config.min_seconds)
+        rows += [latency_stats(name, batch_size, durations) for name, durations in timings.items()]
+    return keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=candidates.get(ORT_TUNED, {})))
 
 
 def pick_session_options(onnx_model: OnnxArtifacts, batches: dict[int, list[np.ndarray]],
                          config: BenchmarkConfig) -> SessionOptionsDict:
     """The candidate with the lowest geometric-mean median latency over the batch sizes; {} if none beats default."""
-    def score(options: SessionOptionsDict) -> float:
-        medians = [np.median(time_session(onnx_model, options, inputs, config.screening_runs, config, budget=0))
-                   for inputs in batches.values()]
-        return float(np.exp(np.mean(np.log(medians))))
+    candidates = [{}, *tuning_candidates()]
+    log_medians = np.zeros(len(candidates))
+    for inputs in batches.values():
+        runners = {str(i): session_runner(onnx_model, options, inputs) for i, options in enumerate(candidates)}
+        timings = time_interleaved(runners, config.warmup_runs, config.screening_runs, min_seconds=0)
+        log_medians += [np.log(np.median(timings[str(i)])) for i in range(len(candidates))]
+    best = int(np.argmin(log_medians))
+    return candidates[best] if log_medians[best] < log_medians[0] + len(batches) * np.log(0.97) else {}
 
-    default_score = score({})
-    best_score, best = min(((score(c), c) for c in tuning_candidates()), key=lambda scored: scored[0])
-    return best if best_score < 0.97 * default_score else {}
+
+def keep_tuning_only_if_faster(report: BenchReport) -> BenchReport:
+    """Register tuned options only if the full measurement confirms the screening (geometric mean over batches)."""
+    if not report.session_options:
+        return report
+    ratios = [report.speedup(b, baseline=ORT_DEFAULT, runtime=ORT_TUNED) for b in {r.batch_size for r in report.rows}]
+    if float(np.exp(np.mean(np.log(ratios)))) > 1.0:
+        return report
+    return BenchReport(rows=[r for r in report.rows if r.runtime != ORT_TUNED], session_options={})
 
 
-def time_session(onnx_model: OnnxArtifacts, options: SessionOptionsDict, inputs: list[np.ndarray], runs: int,
-                 config: BenchmarkConfig, budget: float | None = None) -> list[float]:
+def session_runner(onnx_model: OnnxArtifacts, options: SessionOptionsDict,
+                   inputs: list[np.ndarray]) -> Callable[[], object]:
     session = open_session(onnx_model.onnx_path, options)
     feed = dict(zip([i.name for i in session.get_inputs()], inputs))
-    return time_calls(lambda: session.run(None, feed), config.warmup_runs, runs,
-                      config.min_seconds if budget is None else budget)
+    return lambda: session.run(None, feed)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)

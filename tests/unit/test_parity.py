@@ -60,3 +60,20 @@ def test_summary_statistics() -> None:
     assert parity.top5_overlap == 1.0
     swapped = expected[:, ::-1].copy()
     assert compare_output("p", expected, swapped, atol=1, rtol=0).top5_overlap < 1.0
+
+
+def test_tuned_options_are_dropped_when_the_full_measurement_does_not_confirm_them() -> None:
+    from onnx_stage.timing import latency_stats
+    from tasks.benchmark import keep_tuning_only_if_faster
+    from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport
+
+    def report(tuned_ms: float) -> BenchReport:
+        rows = [latency_stats(name, 1, [ms / 1e3] * 5) for name, ms in ((KERAS, 5.0), (ORT_DEFAULT, 1.0),
+                                                                        (ORT_TUNED, tuned_ms))]
+        return BenchReport(rows=rows, session_options={"intra_op_num_threads": 1})
+
+    slower = keep_tuning_only_if_faster(report(1.2))
+    assert slower.session_options == {} and {r.runtime for r in slower.rows} == {KERAS, ORT_DEFAULT}
+    assert slower.speedup(1) == pytest.approx(5.0)
+    faster = keep_tuning_only_if_faster(report(0.5))
+    assert faster.session_options and faster.speedup(1) == pytest.approx(10.0)

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from onnx import helper, numpy_helper
 
 from onnx_stage.rendering import ABBREVIATION_KEY, write_renderings
-from onnx_stage.timing import latency_stats, time_calls
+from onnx_stage.timing import latency_stats, time_calls, time_interleaved
 
 
 def small_model() -> onnx.ModelProto:
@@ -67,3 +67,11 @@ def test_timing_loop_honours_both_minimum_runs_and_minimum_time() -> None:
     assert len(time_calls(lambda: calls.append(1), warmup_runs=3, min_runs=20, min_seconds=0)) == 20
     assert len(calls) == 23
     assert len(time_calls(lambda: time.sleep(0.01), warmup_runs=0, min_runs=2, min_seconds=0.2)) >= 15
+
+
+def test_interleaved_timing_alternates_contenders_and_meets_the_minimum() -> None:
+    order: list[str] = []
+    timings = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                               warmup_runs=1, min_runs=20, min_seconds=0, rounds=4)
+    assert {len(d) for d in timings.values()} == {20}
+    assert order[:2] == ["a", "b"] and order[2:7] == ["a"] * 5 and order[7:12] == ["b"] * 5
