@@ -46,6 +46,7 @@ def convert_model(
         source = load(ref, worker, work_dir)
         if existing := find_twin(source, config):
             print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
+            publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
             return existing
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
         parity = validate(source, onnx_model, worker, config.validation, work_dir)
