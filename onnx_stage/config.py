@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-ConverterRoute = Literal["onnxmltools", "keras_export", "tf2onnx"]
+ConverterRoute = Literal["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -20,7 +20,7 @@ class _Section(BaseModel):
 class ConvertConfig(_Section):
     opset: int = Field(17, ge=13, le=21, description="ONNX opset the converted model targets.")
     routes: list[ConverterRoute] = Field(
-        default_factory=lambda: ["onnxmltools", "keras_export", "tf2onnx"],
+        default_factory=lambda: ["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"],
         min_length=1,
         description="Converter routes tried in order; the first that produces a valid model wins.",
     )
