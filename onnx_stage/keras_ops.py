@@ -141,3 +141,29 @@ def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]
              "parents": sorted({p.operation.name for node in layer._inbound_nodes for p in node.parent_nodes})}
             for layer, value in zip(layers, values)]
 
+
+def input_hints(state: State) -> list[dict[str, Any]]:
+    """Per model input, the value range its first layers imply, so generated inputs look like real ones:
+    token ids inside an Embedding's vocabulary, pixels in the range a Rescaling/Normalization expects."""
+    model = state["model"]
+    return [_range_implied_by(_consumers(model, tensor)) for tensor in model.inputs]
+
+
+def _consumers(model: keras.Model, tensor: Any) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers
+            if any(t is tensor for node in layer._inbound_nodes for t in keras.tree.flatten(node.input_tensors))]
+
+
+def _range_implied_by(layers: list[keras.layers.Layer]) -> dict[str, Any]:
+    for layer in layers:
+        if isinstance(layer, keras.layers.Embedding):
+            return {"low": 0, "high": layer.input_dim - 1, "reason": f"{layer.name}: vocabulary of {layer.input_dim}"}
+        if isinstance(layer, keras.layers.Rescaling):
+            scale, offset = float(np.mean(layer.scale)), float(np.mean(layer.offset))
+            high = (1 - min(offset, 0.0)) / scale  # 1/255 → 255; 1/127.5 with offset -1 → 255
+            return {"low": 0.0, "high": high, "reason": f"{layer.name}: scale {scale:.4g}, offset {offset:g}"}
+        if isinstance(layer, keras.layers.Normalization) and layer.built:
+            mean, std = np.asarray(layer.mean), np.sqrt(np.asarray(layer.variance))
+            return {"low": float((mean - 2 * std).min()), "high": float((mean + 2 * std).max()),
+                    "reason": f"{layer.name}: mean ± 2 std"}
+    return {}
