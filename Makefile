@@ -14,6 +14,7 @@ MLFLOW_STORE = sqlite:///$(ONNX_STAGE_HOME)/mlflow.db
 .PHONY: setup demo test ui-commands stack-up stack-down deploy
 
 setup: $(VENV)/.synced
+	@mkdir -p "$(PREFECT_HOME)"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null && uv --version | grep -q "$(UV_VERSION)" || python3 -m pip install -q "uv==$(UV_VERSION)"
@@ -21,7 +22,6 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 demo: setup
-	@mkdir -p "$(PREFECT_HOME)"
 	$(VENV)/bin/python -m flows.train_demo
 	$(VENV)/bin/onnx-stage convert --model digits-mlp --alias champion
 	@$(MAKE) --no-print-directory ui-commands
