@@ -33,7 +33,7 @@ def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_pa
     version = client.get_model_version(twin.name, twin.version)
     tags = version.tags
     assert tags["onnx_stage.twin_of"] == f"digits-mlp/{digits_model}"
-    assert tags["onnx_stage.converter_route"] == "onnxmltools"
+    assert tags["onnx_stage.converter_route"] == load_config().convert.routes[0]  # a plain MLP: the first route wins
     assert tags["onnx_stage.opset"] == "17"
     assert len(tags["onnx_stage.source_sha256"]) == 64
     assert float(tags["onnx_stage.parity_max_abs"]) < 1e-4
