@@ -80,7 +80,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="coverage-") as scratch:
         models = Path(scratch) / "models"
         subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(models), *names], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL)
         for name in names:
             work_dir = Path(scratch) / name
             work_dir.mkdir()

@@ -289,7 +289,7 @@ APPLICATIONS = [
              application("EfficientNetB0", input_shape=(64, 64, 3), classes=10)),
     *(ZooModel(name, "keras.applications", application(name), in_ci=False) for name in [
         "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0",
-        "ResNet50", "ResNet50V2", "DenseNet121", "InceptionV3", "Xception", "NASNetMobile", "RegNetX002",
+        "ResNet50", "ResNet50V2", "DenseNet121", "InceptionV3", "Xception", "NASNetMobile", "EfficientNetB1",
         "ConvNeXtTiny", "VGG16",
     ]),
 ]
