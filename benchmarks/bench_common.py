@@ -1,0 +1,136 @@
+"""Shared pieces of the ratio benchmarks (onnx_vs_keras.py, int8_speedup.py, gflops.py); not a script itself.
+
+Models come from onnx_stage/zoo.py (its layer-family models and `application(...)` builders, random weights:
+nothing is downloaded). They are built and saved in a child process, then loaded, converted and timed with the
+stage's own code: `load_source` / `convert_source` through the real Keras child (`KerasWorker`), onnxruntime
+sessions from `onnx_stage.sessions`, timing loops from `onnx_stage.timing`.
+
+Timing on a shared machine: every contender is warmed up, then all contenders are timed in rounds (order rotated
+each round) so that load from other processes hits them alike; ratios are ratios of medians.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnx_stage.config import ConvertConfig  # noqa: E402
+from onnx_stage.keras_worker import KerasWorker  # noqa: E402
+from onnx_stage.parity import generated_inputs  # noqa: E402
+from onnx_stage.sessions import SessionOptionsDict, open_session  # noqa: E402
+from onnx_stage.timing import time_calls  # noqa: E402
+from tasks.convert import convert_source  # noqa: E402
+from tasks.load import load_source  # noqa: E402
+from tasks.records import ModelRef, OnnxArtifacts, SourceModel  # noqa: E402
+
+# keras.applications at a given input size (zoo.application builders); everything else is a zoo name as is
+APPLICATION_SIZES: dict[str, tuple[str, dict]] = {
+    "MobileNetV2_224": ("MobileNetV2", {}),
+    "ResNet50_128": ("ResNet50", {"input_shape": (128, 128, 3)}),
+    "ResNet50_224": ("ResNet50", {}),
+    "DenseNet121_128": ("DenseNet121", {"input_shape": (128, 128, 3)}),
+}
+
+_BUILD = """
+import json, sys
+from pathlib import Path
+from onnx_stage.zoo import ZOO, application
+out, specs = Path(sys.argv[1]), json.loads(sys.argv[2])
+for name, spec in specs.items():
+    model = application(spec[0], **{k: tuple(v) if isinstance(v, list) else v for k, v in spec[1].items()})() \\
+        if spec else ZOO[name].build()
+    model.save(out / f"{name}.keras")
+"""
+
+
+def build_models(out_dir: Path, names: list[str]) -> dict[str, Path]:
+    """Build and save each model as out_dir/NAME.keras in one child process (TensorFlow stays out of this one)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = {name: APPLICATION_SIZES.get(name) for name in names}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    subprocess.run([sys.executable, "-c", _BUILD, str(out_dir), json.dumps(specs)], check=True, cwd=ROOT, env=env,
+                   stdout=subprocess.DEVNULL)
+    return {name: out_dir / f"{name}.keras" for name in names}
+
+
+def load_and_convert(worker: KerasWorker, name: str, model_file: Path, work_dir: Path,
+                     routes: list[str] | None = None) -> tuple[SourceModel, OnnxArtifacts]:
+    """What the stage does in load + convert (default routes unless given), on a model file."""
+    source = load_source(ModelRef(name=name, path=str(model_file)), worker, work_dir)
+    config = ConvertConfig(routes=routes) if routes else ConvertConfig()
+    return source, convert_source(source, worker, config, work_dir / ("onnx-" + "-".join(routes or ["stage"])))
+
+
+def make_inputs(source: SourceModel, worker: KerasWorker, batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Generated inputs as the stage's benchmark makes them (plausible ranges from the model's first layers)."""
+    hints = worker.call("input_hints")
+    return generated_inputs(source.inputs, batch_size, np.random.default_rng(seed), example=None, hints=hints)
+
+
+Timer = Callable[[int, float], list[float]]  # (min_runs, min_seconds) -> seconds per call
+
+
+def ort_timer(onnx_path: Path, options: SessionOptionsDict, inputs: list[np.ndarray]) -> Timer:
+    session = open_session(onnx_path, options)
+    feed = dict(zip([i.name for i in session.get_inputs()], inputs))
+    call = lambda: session.run(None, feed)  # noqa: E731
+    return lambda runs, seconds: time_calls(call, 0, runs, seconds)
+
+
+def keras_timer(worker: KerasWorker, inputs: list[np.ndarray]) -> Timer:
+    """Compiled Keras (predict_on_batch) timed in the Keras child; only the calls are timed, not the pipe."""
+    return lambda runs, seconds: worker.call("time_predict", inputs=inputs, warmup_runs=0, min_runs=runs,
+                                             min_seconds=seconds)
+
+
+def time_rounds(timers: dict[str, Timer], seconds_each: float, rounds: int = 5,
+                warmup_runs: int = 3) -> dict[str, list[list[float]]]:
+    """Per contender, per round, the durations of its calls; contenders alternate, order rotated every round."""
+    for timer in timers.values():
+        timer(warmup_runs, 0.0)
+    names = list(timers)
+    durations: dict[str, list[list[float]]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            durations[name].append(timers[name](1, seconds_each / rounds))
+    return durations
+
+
+def median_ms(rounds: list[list[float]]) -> float:
+    return float(np.median([d for r in rounds for d in r])) * 1e3
+
+
+def ratio_with_spread(slow: list[list[float]], fast: list[list[float]]) -> tuple[float, float, float]:
+    """Ratio of overall medians (slow / fast) and the lowest and highest ratio of per-round medians."""
+    per_round = [np.median(s) / np.median(f) for s, f in zip(slow, fast)]
+    overall = float(np.median([d for r in slow for d in r]) / np.median([d for r in fast for d in r]))
+    return overall, float(min(per_round)), float(max(per_round))
+
+
+def geomean(values: list[float]) -> float:
+    return float(math.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def machine_line() -> str:
+    load = os.getloadavg()
+    return (f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+            f"(1/5/15 min) — shared with other processes: numbers are noisy; medians of interleaved rounds")
+
+
+@contextmanager
+def stopwatch(label: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    print(f"  ({label}: {time.perf_counter() - started:.0f} s)", flush=True)

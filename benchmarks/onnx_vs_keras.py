@@ -1,0 +1,121 @@
+"""Registered ONNX vs compiled Keras, tuned vs default onnxruntime, and registered vs plain tf2onnx output.
+
+Run from the repo root:  .venv/bin/python benchmarks/onnx_vs_keras.py [--models a,b] [--seconds 2.5]
+
+Per architecture (onnx_stage/zoo.py models and keras.applications with random weights):
+- "registered" is what the stage registers: the model from the stage's default converter routes, run with the
+  session options the stage picks (tasks.benchmark.pick_session_options screens them; keep_tuning_only_if_faster
+  keeps them only if this run's full measurement confirms them — the same two functions measure_latency uses).
+- "keras" is compiled Keras (`predict_on_batch`) in the stage's Keras child process.
+- "default" is the stage's ONNX model with default onnxruntime session options; "tuned" the picked options.
+- "plain tf2onnx" is `tf2onnx.convert.from_function` on the model's traced call with default settings (the
+  stage's `tf2onnx` route, opset 17), run with a default session.
+All contenders of a model and batch size are timed interleaved in rounds; a ratio is a ratio of medians
+(above 1: the second-named contender is faster), with the range of per-round ratios in brackets.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench_common import (build_models, geomean, keras_timer, load_and_convert, machine_line, make_inputs,
+                          median_ms, ort_timer, ratio_with_spread, stopwatch, time_rounds)
+from onnx_stage.config import BenchmarkConfig, ConvertConfig
+from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.timing import latency_stats
+from tasks.benchmark import keep_tuning_only_if_faster, pick_session_options
+from tasks.convert import convert_source
+from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport
+
+MODELS = ["dense", "conv2d", "recurrent", "attention", "transformer_block", "MobileNetV3Small_96",
+          "EfficientNetB0_64", "MobileNetV2_224", "ResNet50_128"]
+BATCHES = [1, 32]
+PLAIN = "plain tf2onnx"
+
+
+def screening_runs(seconds_per_call: float) -> int:
+    """Screen 5 candidates × 2 batch sizes in about 15 s; the stage's bounds (3..30 runs)."""
+    return int(min(30, max(3, 1.5 / max(seconds_per_call, 1e-4))))
+
+
+def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: Path, seconds: float) -> dict:
+    source, registered = load_and_convert(worker, name, model_file, work_dir)
+    plain = convert_source(source, worker, ConvertConfig(routes=["tf2onnx"]), work_dir / "plain")
+    batches = {b: make_inputs(source, worker, b) for b in BATCHES}
+    probe = ort_timer(registered.onnx_path, {}, batches[max(BATCHES)])
+    probe(2, 0.0)
+    per_call = float(min(probe(3, 0.0)))
+    config = BenchmarkConfig(batch_sizes=BATCHES, warmup_runs=3, screening_runs=screening_runs(per_call))
+    tuned = pick_session_options(registered, batches, config)
+
+    rounds, rows = {}, []
+    for batch, inputs in batches.items():
+        timers = {KERAS: keras_timer(worker, inputs), ORT_DEFAULT: ort_timer(registered.onnx_path, {}, inputs),
+                  PLAIN: ort_timer(plain.onnx_path, {}, inputs)}
+        if tuned:
+            timers[ORT_TUNED] = ort_timer(registered.onnx_path, tuned, inputs)
+        rounds[batch] = time_rounds(timers, seconds)
+        rows += [latency_stats(runtime, batch, [d for r in durations for d in r])
+                 for runtime, durations in rounds[batch].items() if runtime != PLAIN]
+    report = keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=tuned))
+    return {"name": name, "route": registered.route, "tuned": tuned, "options": report.session_options,
+            "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs}
+
+
+def render(result: dict) -> list[str]:
+    lines = [f"{result['name']}  (stage route {result['route']}; screened {result['screening_runs']} runs/candidate; "
+             f"picked {result['tuned'] or 'default'}; registered with {result['options'] or 'default options'})"]
+    for batch, rounds in result["rounds"].items():
+        registered = rounds[result["registered"]]
+        keras, spread_lo, spread_hi = ratio_with_spread(rounds[KERAS], registered)
+        plain = ratio_with_spread(rounds[PLAIN], registered)
+        tuned = (ratio_with_spread(rounds[ORT_DEFAULT], rounds[ORT_TUNED]) if ORT_TUNED in rounds else None)
+        lines.append(
+            f"  batch {batch:>2}: keras {median_ms(rounds[KERAS]):8.2f} ms  registered {median_ms(registered):8.2f} ms"
+            f"  keras/registered {keras:6.2f} [{spread_lo:.2f}–{spread_hi:.2f}]"
+            + (f"  default/tuned {tuned[0]:5.2f} [{tuned[1]:.2f}–{tuned[2]:.2f}]" if tuned
+               else "  default/tuned  1.00 (stage kept default options)")
+            + f"  plain-tf2onnx/registered {plain[0]:5.2f} [{plain[1]:.2f}–{plain[2]:.2f}]")
+        result.setdefault("ratios", {}).setdefault(batch, {}).update(
+            keras=keras, tuned=tuned[0] if tuned else 1.0, plain=plain[0])
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    parser.add_argument("--seconds", type=float, default=2.5, help="timing seconds per contender and batch size")
+    args = parser.parse_args()
+    names = args.models.split(",")
+    print(machine_line(), flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="onnx-vs-keras-") as scratch, KerasWorker(900) as worker:
+        with stopwatch(f"built {len(names)} models"):
+            files = build_models(Path(scratch) / "models", names)
+        for name in names:
+            work_dir = Path(scratch) / name
+            try:
+                with stopwatch(name):
+                    results.append(benchmark_model(worker, name, files[name], work_dir, args.seconds))
+                    print("\n".join(render(results[-1])), flush=True)
+            except Exception as error:  # one broken model must not hide the others' numbers
+                print(f"{name}: FAILED {type(error).__name__}: {str(error)[:300]}", flush=True)
+
+    print("\nsummary (ratio of medians; > 1 means the second-named is faster)")
+    for batch in BATCHES:
+        keras = [r["ratios"][batch]["keras"] for r in results]
+        tuned = [r["ratios"][batch]["tuned"] for r in results]
+        plain = [r["ratios"][batch]["plain"] for r in results]
+        print(f"batch {batch:>2}: keras/registered min {min(keras):.2f}, geomean {geomean(keras):.2f} | "
+              f"default/tuned min {min(tuned):.2f}, geomean {geomean(tuned):.2f} | "
+              f"plain-tf2onnx/registered min {min(plain):.2f}, geomean {geomean(plain):.2f}")
+    print(f"architectures: {len(results)}/{len(names)}")
+    print(f"geomean batch1: {geomean([r['ratios'][1]['keras'] for r in results]):.2f}")
+    print(f"geomean batch32: {geomean([r['ratios'][32]['keras'] for r in results]):.2f}")
+    print(machine_line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
