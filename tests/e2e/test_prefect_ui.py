@@ -38,13 +38,14 @@ def test_run_form_in_the_prefect_ui_converts_the_alias(stack: Stack, tmp_path: P
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page()
+        page.set_default_timeout(120_000)  # the UI's first load on a busy 2-core machine can take a while
         page.goto(run_form)
         form_field(page, "model_name").locator("textarea").fill(MODEL)
         alias = form_field(page, "alias (Optional)")
         alias.get_by_role("button", name="str", exact=True).click()
         alias.locator("textarea, input").first.fill("champion")
         page.get_by_role("button", name="Submit").click()
-        page.wait_for_url(re.compile(r"tab=Runs"), timeout=30_000)  # the UI shows the deployment's runs
+        page.wait_for_url(re.compile(r"tab=Runs"), timeout=120_000)  # the UI shows the deployment's runs
         browser.close()
 
     deadline = time.monotonic() + TWIN_WAIT_SECONDS

@@ -8,7 +8,6 @@ import time
 
 import httpx
 from prefect.events import Event
-from prefect.testing.utilities import prefect_test_harness
 
 from deployments.bridge import WEBHOOK_PATH, create_app, emit_prefect_event, sign
 
@@ -39,14 +38,13 @@ def deliver_model_version_created(delivery_id: str) -> httpx.Response:
     return asyncio.run(send())
 
 
-def test_default_emitter_emits_to_prefect() -> None:
-    with prefect_test_harness():
-        event = emit_prefect_event(
-            event="mlflow.model_version.created",
-            resource={"prefect.resource.id": "mlflow.model_version.churn.3"},
-            payload={"name": "churn", "version": "3"},
-        )
-        response = deliver_model_version_created("d-integration")
+def test_default_emitter_emits_to_prefect(prefect: None) -> None:
+    event = emit_prefect_event(
+        event="mlflow.model_version.created",
+        resource={"prefect.resource.id": "mlflow.model_version.churn.3"},
+        payload={"name": "churn", "version": "3"},
+    )
+    response = deliver_model_version_created("d-integration")
 
     assert isinstance(event, Event)
     assert event.event == "mlflow.model_version.created"
