@@ -10,11 +10,13 @@ each round) so that load from other processes hits them alike; ratios are ratios
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,10 +97,11 @@ def keras_timer(worker: KerasWorker, inputs: list[np.ndarray]) -> Timer:
 
 
 def time_rounds(timers: dict[str, Timer], seconds_each: float, rounds: int = 5,
-                warmup_runs: int = 3) -> dict[str, list[list[float]]]:
-    """Per contender, per round, the durations of its calls; contenders alternate, order rotated every round."""
+                warmup_seconds: float = 0.3) -> dict[str, list[list[float]]]:
+    """Per contender, per round, the durations of its calls; contenders alternate, order rotated every round.
+    Warm-up: at least 2 calls and warmup_seconds per contender."""
     for timer in timers.values():
-        timer(warmup_runs, 0.0)
+        timer(2, warmup_seconds)
     names = list(timers)
     durations: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_index in range(rounds):
@@ -134,3 +137,44 @@ def stopwatch(label: str) -> Iterator[None]:
     started = time.perf_counter()
     yield
     print(f"  ({label}: {time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def cpu_flags() -> dict:
+    """CPU model name, flags and BogoMIPS from /proc/cpuinfo (first processor)."""
+    info: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return {"model": info.get("model name", "?"), "flags": set(info.get("flags", "").split()),
+            "bogomips": float(info.get("bogomips", "nan")), "family": info.get("cpu family", "?"),
+            "model_number": info.get("model", "?"), "vendor": info.get("vendor_id", "?")}
+
+
+def parse_args(doc: str, models: list[str], seconds: float) -> tuple[list[str], float]:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", default=",".join(models), help="comma-separated model names")
+    parser.add_argument("--seconds", type=float, default=seconds, help="timing seconds per contender and batch size")
+    args = parser.parse_args()
+    return args.models.split(","), args.seconds
+
+
+ModelBenchmark = Callable[[KerasWorker, str, Path, Path, float], dict]
+
+
+def run_models(names: list[str], benchmark: ModelBenchmark, render: Callable[[dict], list[str]],
+               seconds: float) -> list[dict]:
+    """Build the models, then benchmark and print each with one Keras child; a failing model is reported, skipped."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, KerasWorker(900) as worker:
+        with stopwatch(f"built {len(names)} models"):
+            files = build_models(Path(scratch) / "models", names)
+        for name in names:
+            try:
+                with stopwatch(name):
+                    results.append(benchmark(worker, name, files[name], Path(scratch) / name, seconds))
+                    print("\n".join(render(results[-1])), flush=True)
+            except Exception as error:  # one broken model must not hide the others' numbers
+                print(f"{name}: FAILED {type(error).__name__}: {str(error)[:300]}", flush=True)
+    return results

@@ -15,21 +15,20 @@ All contenders of a model and batch size are timed interleaved in rounds; a rati
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
-from bench_common import (build_models, geomean, keras_timer, load_and_convert, machine_line, make_inputs,
-                          median_ms, ort_timer, ratio_with_spread, stopwatch, time_rounds)
+import numpy as np
+from bench_common import (geomean, keras_timer, load_and_convert, machine_line, make_inputs, median_ms, ort_timer,
+                          parse_args, ratio_with_spread, run_models, time_rounds)
 from onnx_stage.config import BenchmarkConfig, ConvertConfig
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.timing import latency_stats
 from tasks.benchmark import keep_tuning_only_if_faster, pick_session_options
 from tasks.convert import convert_source
-from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport
+from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel
 
-MODELS = ["dense", "conv2d", "recurrent", "attention", "transformer_block", "MobileNetV3Small_96",
-          "EfficientNetB0_64", "MobileNetV2_224", "ResNet50_128"]
+MODELS = ["dense", "conv1d", "conv2d", "recurrent", "rnn_bidirectional_gru", "attention", "transformer_block",
+          "MobileNetV3Small_96", "EfficientNetB0_64", "MobileNetV2_224"]  # ResNet50: benchmarks/gflops.py
 BATCHES = [1, 32]
 PLAIN = "plain tf2onnx"
 
@@ -41,8 +40,8 @@ def screening_runs(seconds_per_call: float) -> int:
 
 def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: Path, seconds: float) -> dict:
     source, registered = load_and_convert(worker, name, model_file, work_dir)
-    plain = convert_source(source, worker, ConvertConfig(routes=["tf2onnx"]), work_dir / "plain")
     batches = {b: make_inputs(source, worker, b) for b in BATCHES}
+    plain, plain_failure = plain_tf2onnx(source, worker, work_dir / "plain", batches[1])
     probe = ort_timer(registered.onnx_path, {}, batches[max(BATCHES)])
     probe(2, 0.0)
     per_call = float(min(probe(3, 0.0)))
@@ -51,8 +50,9 @@ def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: 
 
     rounds, rows = {}, []
     for batch, inputs in batches.items():
-        timers = {KERAS: keras_timer(worker, inputs), ORT_DEFAULT: ort_timer(registered.onnx_path, {}, inputs),
-                  PLAIN: ort_timer(plain.onnx_path, {}, inputs)}
+        timers = {KERAS: keras_timer(worker, inputs), ORT_DEFAULT: ort_timer(registered.onnx_path, {}, inputs)}
+        if plain:
+            timers[PLAIN] = ort_timer(plain.onnx_path, {}, inputs)
         if tuned:
             timers[ORT_TUNED] = ort_timer(registered.onnx_path, tuned, inputs)
         rounds[batch] = time_rounds(timers, seconds)
@@ -60,7 +60,19 @@ def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: 
                  for runtime, durations in rounds[batch].items() if runtime != PLAIN]
     report = keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=tuned))
     return {"name": name, "route": registered.route, "tuned": tuned, "options": report.session_options,
-            "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs}
+            "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs,
+            "plain_failure": plain_failure}
+
+
+def plain_tf2onnx(source: SourceModel, worker: KerasWorker, out_dir: Path,
+                  inputs: list[np.ndarray]) -> tuple[OnnxArtifacts | None, str | None]:
+    """The stage's `tf2onnx` route alone (from_function, default settings), if its model runs on the inputs."""
+    try:
+        plain = convert_source(source, worker, ConvertConfig(routes=["tf2onnx"]), out_dir)
+        ort_timer(plain.onnx_path, {}, inputs)(1, 0.0)
+        return plain, None
+    except Exception as error:  # a plain-converter failure is a finding, not a reason to skip the model
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
 
 
 def render(result: dict) -> list[str]:
@@ -69,47 +81,34 @@ def render(result: dict) -> list[str]:
     for batch, rounds in result["rounds"].items():
         registered = rounds[result["registered"]]
         keras, spread_lo, spread_hi = ratio_with_spread(rounds[KERAS], registered)
-        plain = ratio_with_spread(rounds[PLAIN], registered)
+        plain = ratio_with_spread(rounds[PLAIN], registered) if PLAIN in rounds else None
         tuned = (ratio_with_spread(rounds[ORT_DEFAULT], rounds[ORT_TUNED]) if ORT_TUNED in rounds else None)
         lines.append(
             f"  batch {batch:>2}: keras {median_ms(rounds[KERAS]):8.2f} ms  registered {median_ms(registered):8.2f} ms"
             f"  keras/registered {keras:6.2f} [{spread_lo:.2f}–{spread_hi:.2f}]"
             + (f"  default/tuned {tuned[0]:5.2f} [{tuned[1]:.2f}–{tuned[2]:.2f}]" if tuned
                else "  default/tuned  1.00 (stage kept default options)")
-            + f"  plain-tf2onnx/registered {plain[0]:5.2f} [{plain[1]:.2f}–{plain[2]:.2f}]")
+            + (f"  plain-tf2onnx/registered {plain[0]:5.2f} [{plain[1]:.2f}–{plain[2]:.2f}]" if plain
+               else f"  plain-tf2onnx: unusable ({result['plain_failure']})"))
         result.setdefault("ratios", {}).setdefault(batch, {}).update(
-            keras=keras, tuned=tuned[0] if tuned else 1.0, plain=plain[0])
+            keras=keras, tuned=tuned[0] if tuned else 1.0, plain=plain[0] if plain else None)
     return lines
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
-    parser.add_argument("--seconds", type=float, default=2.5, help="timing seconds per contender and batch size")
-    args = parser.parse_args()
-    names = args.models.split(",")
+    names, seconds = parse_args(__doc__, MODELS, 2.0)
     print(machine_line(), flush=True)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="onnx-vs-keras-") as scratch, KerasWorker(900) as worker:
-        with stopwatch(f"built {len(names)} models"):
-            files = build_models(Path(scratch) / "models", names)
-        for name in names:
-            work_dir = Path(scratch) / name
-            try:
-                with stopwatch(name):
-                    results.append(benchmark_model(worker, name, files[name], work_dir, args.seconds))
-                    print("\n".join(render(results[-1])), flush=True)
-            except Exception as error:  # one broken model must not hide the others' numbers
-                print(f"{name}: FAILED {type(error).__name__}: {str(error)[:300]}", flush=True)
+    results = run_models(names, benchmark_model, render, seconds)
 
     print("\nsummary (ratio of medians; > 1 means the second-named is faster)")
     for batch in BATCHES:
         keras = [r["ratios"][batch]["keras"] for r in results]
         tuned = [r["ratios"][batch]["tuned"] for r in results]
-        plain = [r["ratios"][batch]["plain"] for r in results]
+        plain = [r["ratios"][batch]["plain"] for r in results if r["ratios"][batch]["plain"] is not None]
         print(f"batch {batch:>2}: keras/registered min {min(keras):.2f}, geomean {geomean(keras):.2f} | "
               f"default/tuned min {min(tuned):.2f}, geomean {geomean(tuned):.2f} | "
-              f"plain-tf2onnx/registered min {min(plain):.2f}, geomean {geomean(plain):.2f}")
+              f"plain-tf2onnx/registered min {min(plain):.2f}, geomean {geomean(plain):.2f} "
+              f"({len(plain)} models; plain tf2onnx output unusable on {len(results) - len(plain)})")
     print(f"architectures: {len(results)}/{len(names)}")
     print(f"geomean batch1: {geomean([r['ratios'][1]['keras'] for r in results]):.2f}")
     print(f"geomean batch32: {geomean([r['ratios'][32]['keras'] for r in results]):.2f}")
