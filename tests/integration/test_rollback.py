@@ -35,7 +35,7 @@ def register_then_fail(work_dir: Path) -> None:
         source = load(ModelRef(name="digits-mlp", alias="champion"), worker, work_dir)
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
         parity = validate(source, onnx_model, worker, config.validation, work_dir)
-        bench = benchmark(source, onnx_model, worker, config.benchmark)
+        bench = benchmark(source, onnx_model, worker, config.benchmark, [])
     with transaction():
         twin = register(source, onnx_model, parity, bench, config, work_dir)
         failing_check(twin)
