@@ -13,9 +13,11 @@ code is non-zero only when something fails to run.
 Method
 - Setup, not timed: a real `mlflow server` (sqlite) and a real `prefect server` on 127.0.0.1 with their state
   in a temp dir (onnx_stage.servers). A child process trains/builds the models, saves each as .h5
-  (model.save("x.h5")), logs it as a run artifact under `model/` and registers `runs:/<run>/model` under a
-  fresh name per flow run (`so-<model>-<stamp>-<n>`), so no run can take the idempotent "already
-  registered" shortcut.
+  (model.save("x.h5")), logs it as a run artifact under `model/` and registers that folder under a fresh
+  name per flow run (`so-<model>-<stamp>-<n>`), so no run can take the idempotent "already registered"
+  shortcut. mlflow.register_model("runs:/<run>/model") is tried first; MLflow 3.17 refuses it for a folder
+  without an MLmodel file, so the fallback is MlflowClient.create_model_version(source=<run artifact
+  URI>/model, run_id=<run>): the version holds exactly the .h5 either way.
 - Flow sample: a fresh `python` child per sample imports flows.convert_flow (not timed: a production worker is
   already up), then calls convert_model(model_name=..., version="1", config=<default.yaml with
   benchmark.enabled=false>). The flow wall time is the flow run's end_time - start_time as recorded by the
@@ -36,13 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -134,7 +140,7 @@ def child_flow(model_name: str, result_file: Path) -> None:
     from onnx_stage.config import load_config
 
     config = load_config(None, ["benchmark.enabled=false"])
-    events = install_probes()
+    events = install_probes() if os.environ.get("STAGE_OVERHEAD_PROBES", "1") == "1" else []
     import_seconds = time.perf_counter() - started_imports
 
     call_start = time.time()
@@ -149,23 +155,25 @@ def child_flow(model_name: str, result_file: Path) -> None:
 
 
 def install_probes() -> list:
-    """Wrap a few functions with time.time() stamps (µs of overhead each) for the per-phase breakdown."""
+    """Wrap a few functions with time.time() stamps (µs of overhead each) for the per-phase breakdown.
+
+    Only modules that the flow module has already imported are touched (no import moves out of the timed
+    window); a function that is missing (the core code changed) is skipped.
+    """
     import functools
-
-    import mlflow
-    import onnx
-    import onnx.checker
-    import prefect.artifacts
-
-    import flows.convert_flow as flow_module
-    import tasks.convert
-    import tasks.load
-    from onnx_stage.keras_worker import KerasWorker
 
     events: list = []
 
-    def wrap(owner: object, attr: str, label) -> None:
-        original = getattr(owner, attr)
+    def wrap(module_name: str, path: str, label) -> None:
+        owner = sys.modules.get(module_name)
+        *parents, attr = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        raw = getattr(owner, "__dict__", {}).get(attr) if owner is not None else None
+        if raw is None:
+            return
+        is_classmethod = isinstance(raw, classmethod)
+        original = raw.__func__ if is_classmethod else raw
 
         @functools.wraps(original)
         def probe(*args, **kwargs):
@@ -175,22 +183,30 @@ def install_probes() -> list:
             finally:
                 events.append([label(args, kwargs) if callable(label) else label, start, time.time()])
 
-        setattr(owner, attr, probe)
+        setattr(owner, attr, classmethod(probe) if is_classmethod else probe)
 
-    wrap(KerasWorker, "__init__", "keras child: Popen (spawn)")
-    wrap(KerasWorker, "call", lambda a, k: f"keras child: {a[1] if len(a) > 1 else k.get('operation')}")
-    wrap(KerasWorker, "close", "keras child: kill")
-    wrap(tasks.load, "resolve_version", "mlflow: resolve version")
-    wrap(tasks.load, "fetch_artifacts", "mlflow: download artifacts")
-    wrap(tasks.load, "sha256_of", "sha256 of the model file")
-    wrap(tasks.load, "save_input_example", "input example")
-    wrap(tasks.convert, "write_renderings", "parent: JSON + text renderings")
-    wrap(onnx, "load", "parent: onnx.load")
-    wrap(onnx.checker, "check_model", "parent: onnx.checker")
-    wrap(mlflow, "start_run", "mlflow: start_run")
-    wrap(mlflow, "register_model", "mlflow: register_model (twin)")
-    wrap(flow_module, "create_markdown_artifact", "prefect: markdown artifact")
-    wrap(prefect.artifacts, "create_markdown_artifact", "prefect: markdown artifact")
+    worker = "onnx_stage.keras_worker"
+    wrap(worker, "KerasWorker.__init__", "keras child: Popen (spawn)")
+    wrap(worker, "KerasWorker.call", lambda a, k: f"keras child: {a[1] if len(a) > 1 else k.get('operation')}")
+    wrap(worker, "KerasWorker.close", "keras child: kill")
+    wrap("tasks.load", "resolve_version", "mlflow: resolve version")
+    wrap("tasks.load", "fetch_artifacts", "mlflow: download artifacts")
+    wrap("tasks.load", "sha256_of", "sha256 of the model file")
+    wrap("tasks.load", "save_input_example", "input example")
+    wrap("tasks.convert", "write_renderings", "parent: JSON + text renderings")
+    wrap("onnx", "load", "parent: onnx.load")
+    wrap("onnx.checker", "check_model", "parent: onnx.checker")
+    wrap("tasks.register", "infer_signature", "mlflow: infer_signature")
+    wrap("mlflow", "start_run", "mlflow: start_run")
+    wrap("mlflow.models.model", "Model.log", "mlflow: log_model (save, check, upload)")
+    wrap("mlflow.models.utils", "_save_example", "mlflow: save input example (JSON)")
+    wrap("mlflow.models.utils", "_validate_serving_input", "mlflow: validate serving input (pyfunc load+predict)")
+    wrap("mlflow.utils.environment", "warn_dependency_requirement_mismatches", "mlflow: requirement mismatch check")
+    wrap("mlflow.utils.requirements_utils", "warn_dependency_requirement_mismatches",
+         "mlflow: requirement mismatch check")
+    wrap("mlflow.tracking.client", "MlflowClient.log_model_artifacts", "mlflow: upload model artifacts")
+    wrap("mlflow", "register_model", "mlflow: register_model (twin)")
+    wrap("flows.convert_flow", "create_markdown_artifact", "prefect: markdown artifact")
     return events
 
 
@@ -256,9 +272,9 @@ def read_prefect(flow_run_ids: list[str], timeout: float = 60) -> dict[str, dict
 
 
 def task_name(run_name: str) -> str:
-    """Prefect names task runs `<task name>-<n>`."""
-    base = run_name.rsplit("-", 1)[0]
-    return base if base in TASK_ORDER else run_name
+    """Prefect names task runs `<task name>-<3 hex digits>`."""
+    match = re.fullmatch(r"(.+)-[0-9a-f]{3}", run_name)
+    return match.group(1) if match else run_name
 
 
 def fmt_samples(values: list[float]) -> str:
@@ -270,6 +286,27 @@ def median(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- parent
+@contextmanager
+def servers(work: Path) -> Iterator[tuple[str, Future]]:
+    """Setup, not timed: `mlflow server` up, `prefect server` starting in a thread meanwhile (the models are
+    built and registered while it starts; they only need MLflow). Yields the tracking URI and a future of the
+    Prefect API URL; stops both on exit."""
+    from onnx_stage.servers import mlflow_server, prefect_server
+
+    prefect_cm = prefect_server(work / "prefect")
+    with ThreadPoolExecutor(1) as pool, mlflow_server(work / "mlflow") as tracking_uri:
+        prefect_starting = pool.submit(prefect_cm.__enter__)
+        try:
+            yield tracking_uri, prefect_starting
+        finally:
+            try:
+                prefect_starting.result()
+            except Exception:
+                pass  # it never came up: nothing to stop (servers.running() already killed it)
+            else:
+                prefect_cm.__exit__(None, None, None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="flow/bare pairs per model (default 3)")
@@ -277,13 +314,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5, help="training epochs of the digits MLP")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up pair")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, server state)")
+    parser.add_argument("--no-probes", action="store_true", help="no in-flow probes (breakdown: tasks only)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(TARGETS)
     if unknown or args.repeats < 1:
         parser.error(f"unknown model(s) {sorted(unknown)} or repeats < 1")
-
-    from onnx_stage.servers import mlflow_server, prefect_server
 
     began = time.perf_counter()
     temp = tempfile.mkdtemp(prefix="stage-overhead-")
@@ -292,15 +328,13 @@ def main() -> int:
     print(f"stage overhead benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.1f}; temp dir {work})", flush=True)
     try:
-        with mlflow_server(work / "mlflow") as tracking_uri, prefect_server(work / "prefect") as api_url:
-            env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_API_URL": api_url,
+        with servers(work) as (tracking_uri, prefect_starting):
+            env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3",
                    "PREFECT_HOME": str(work / "prefect-client"), "ONNX_STAGE_HOME": str(work / "stage"),
-                   "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
-            os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME",
-                                                   "PREFECT_SERVER_ANALYTICS_ENABLED")})
-            print(f"servers up in {time.perf_counter() - began:.0f} s: mlflow {tracking_uri}, prefect {api_url}",
-                  flush=True)
+                   "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1",
+                   "STAGE_OVERHEAD_PROBES": "0" if args.no_probes else "1"}
+            print(f"mlflow server up in {time.perf_counter() - began:.0f} s: {tracking_uri}", flush=True)
 
             warmup = 0 if args.no_warmup else 1
             counts = {m: args.repeats + (warmup if m == "mlp" else 0) for m in models}
@@ -318,6 +352,11 @@ def main() -> int:
                 print(f"  {m}: registered {len(p['names'])} names via {p['registered_via']}"
                       + ("  [MLflow 3.17 rejects runs:/<run>/model for a folder without MLmodel]"
                          if "create_model_version" in p["registered_via"] else ""), flush=True)
+            api_url = prefect_starting.result()
+            env["PREFECT_API_URL"] = api_url
+            os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME",
+                                                   "PREFECT_SERVER_ANALYTICS_ENABLED")})
+            print(f"prefect server up ({time.perf_counter() - began:.0f} s after start): {api_url}", flush=True)
             print("bare baseline: fresh `python -c` (import tensorflow, keras, onnx, onnxmltools; load_model; "
                   "model.output_names = None [Keras 3 workaround]; convert_keras(target_opset=17); save_model), "
                   "whole-process wall time", flush=True)
@@ -336,14 +375,17 @@ def main() -> int:
                 for index in range(args.repeats):
                     order = ("flow", "bare") if index % 2 == 0 else ("bare", "flow")
                     for kind in order:
-                        tag = f"{model_key}-{kind}-{index}"
+                        tag, load = f"{model_key}-{kind}-{index}", os.getloadavg()[0]
                         if kind == "flow":
                             sample = flow_sample(names[index], work, env, tag)
-                            print(f"  {model_key} sample {index + 1}: flow call "
-                                  f"{sample['call_end'] - sample['call_start']:.2f} s", flush=True)
+                            seconds = sample["call_end"] - sample["call_start"]
                         else:
                             sample = bare_sample(h5, work, env, tag)
-                            print(f"  {model_key} sample {index + 1}: bare {sample['wall']:.2f} s", flush=True)
+                            seconds = sample["wall"]
+                        sample["load_before"] = load
+                        print(f"  {model_key} sample {index + 1}: {kind} {seconds:.2f} s"
+                              f"{' (convert_model call)' if kind == 'flow' else ''}  [load avg before {load:.1f}]",
+                              flush=True)
                         samples[model_key][kind].append(sample)
 
             flow_ids = [s["flow_run_id"] for m in samples.values() for s in m["flow"]]
@@ -387,14 +429,22 @@ def report(samples: dict[str, dict[str, list]], prefect_runs: dict[str, dict]) -
             print(f"    bare {phase:<13} median {median(values):6.2f}")
         rest = [s["wall"] - sum(s["phases"].values()) for s in bares]
         print(f"    bare {'start+exit':<13} median {median(rest):6.2f}  (interpreter start, TF teardown at exit)")
+        paired = [f / b for f, b in zip(flow_times, bare_times)]
+        print(f"  paired ratios (each flow / the bare run next to it): {fmt_samples(paired)}  "
+              f"median {median(paired):.2f}")
         print(f"  {model_key}: ratio: {ratio:.2f}  (target ≤ {target})  {verdict}"
               f"   [call-time ratio {median(call_times) / median(bare_times):.2f}]")
+        busy = max(s["load_before"] for s in flows + bares)
+        if busy > (os.cpu_count() or 1):
+            print(f"  note: load average reached {busy:.1f} on {os.cpu_count()} cores during these samples "
+                  "(other processes): the ratio is noisy")
         breakdown(model_key, flows, flow_times, prefect_runs)
 
 
 def breakdown(model_key: str, flows: list[dict], flow_times: list[float], prefect_runs: dict) -> None:
     """Per-task medians across samples, then the full timeline of the median sample."""
     per_task: dict[str, list[float]] = {}
+    offsets: dict[str, list[float]] = {}
     gaps: list[float] = []
     pre, post = [], []
     for sample in flows:
@@ -404,6 +454,7 @@ def breakdown(model_key: str, flows: list[dict], flow_times: list[float], prefec
         covered = 0.0
         for task in run["tasks"]:
             per_task.setdefault(task["name"], []).append(task["end"] - task["start"])
+            offsets.setdefault(task["name"], []).append(task["start"] - run["start"])
             covered += task["end"] - task["start"]
         gaps.append((run["end"] - run["start"]) - covered)
         pre.append(run["start"] - sample["call_start"])
@@ -413,7 +464,7 @@ def breakdown(model_key: str, flows: list[dict], flow_times: list[float], prefec
         return
     print(f"  breakdown, medians over {len(gaps)} flow runs (Prefect task runs):")
     print(f"    {'before flow start (create run, validate params)':<52} {median(pre):6.2f}")
-    for name in sorted(per_task, key=lambda n: TASK_ORDER.index(n) if n in TASK_ORDER else 99):
+    for name in sorted(per_task, key=lambda n: median(offsets[n])):
         print(f"    task {name:<47} {median(per_task[name]):6.2f}")
     print(f"    {'flow body outside tasks (spawn child, kill, txn...)':<52} {median(gaps):6.2f}")
     print(f"    {'after flow end (return to caller)':<52} {median(post):6.2f}")
