@@ -287,8 +287,11 @@ APPLICATIONS = [
              application("MobileNetV3Small", input_shape=(96, 96, 3), classes=10)),
     ZooModel("EfficientNetB0_64", "keras.applications (CI size)",
              application("EfficientNetB0", input_shape=(64, 64, 3), classes=10)),
+    # weights=None leaves MobileNetV3's image size open (None × None); fix it to the size it was designed for
+    *(ZooModel(name, "keras.applications", application(name, input_shape=(224, 224, 3)), in_ci=False)
+      for name in ["MobileNetV3Small", "MobileNetV3Large"]),
     *(ZooModel(name, "keras.applications", application(name), in_ci=False) for name in [
-        "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0",
+        "MobileNet", "MobileNetV2", "EfficientNetB0", "EfficientNetV2B0",
         "ResNet50", "ResNet50V2", "DenseNet121", "InceptionV3", "Xception", "NASNetMobile", "EfficientNetB1",
         "ConvNeXtTiny", "VGG16",
     ]),
