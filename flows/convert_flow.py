@@ -43,7 +43,7 @@ def convert_model(
     with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
             KerasWorker(config.convert.timeout_seconds) as worker:
         work_dir = Path(scratch)
-        source = load(ref, worker, work_dir)
+        source = load(ref, worker, work_dir, config.convert.custom_object_modules)
         if existing := find_twin(source, config):
             print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
             publish(source, existing, config)  # a new version with the same file still gets its tag and aliases

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from onnx_stage.routes import ROUTES
-from onnx_stage.routes.signature import input_ports, output_ports
+from onnx_stage.routes.signature import input_ports, is_graph_network, output_ports
 from onnx_stage.timing import time_calls
 
 State = dict[str, Any]
@@ -133,6 +133,8 @@ def _name_dynamic_batch(proto: onnx.ModelProto) -> None:
 def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
     """Every top-level layer's (first) output on `inputs`, in topological order, with its parent layers."""
     model = state["model"]
+    if not is_graph_network(model):
+        return []  # a subclassed model's layers have no graph to compare along
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     probe = keras.Model(model.inputs, [keras.tree.flatten(layer.output)[0] for layer in layers])
     values = probe.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
@@ -146,6 +148,8 @@ def input_hints(state: State) -> list[dict[str, Any]]:
     """Per model input, the value range its first layers imply, so generated inputs look like real ones:
     token ids inside an Embedding's vocabulary, pixels in the range a Rescaling/Normalization expects."""
     model = state["model"]
+    if not is_graph_network(model):  # a subclassed model has no layer graph to read ranges from
+        return [{} for _ in input_ports(model)]
     return [_range_implied_by(_consumers(model, tensor)) for tensor in model.inputs]
 
 

@@ -17,7 +17,7 @@ class Port:
 
 
 def input_ports(model: keras.Model) -> list[Port]:
-    if _is_graph_network(model):
+    if is_graph_network(model):
         return [Port(t.name, (None, *t.shape[1:]), str(t.dtype)) for t in model.inputs]
     build_shapes = getattr(model, "_build_shapes_dict", None) or {}
     if not model.built or len(build_shapes) != 1:
@@ -28,7 +28,7 @@ def input_ports(model: keras.Model) -> list[Port]:
 
 
 def output_ports(model: keras.Model) -> list[Port]:
-    if _is_graph_network(model):
+    if is_graph_network(model):
         return [Port(t._keras_history.operation.name, tuple(t.shape), str(t.dtype)) for t in model.outputs]
     symbolic = [keras.KerasTensor(p.shape, dtype=p.dtype) for p in input_ports(model)]
     outputs = keras.tree.flatten(model.compute_output_spec(symbolic if len(symbolic) > 1 else symbolic[0]))
@@ -43,7 +43,7 @@ def tf_tensor_specs(model: keras.Model) -> list[tf.TensorSpec]:
     return [tf.TensorSpec(shape=p.shape, dtype=p.dtype, name=p.name) for p in input_ports(model)]
 
 
-def _is_graph_network(model: keras.Model) -> bool:
+def is_graph_network(model: keras.Model) -> bool:
     """Functional and Sequential models know their symbolic inputs; subclassed ones raise AttributeError."""
     try:
         return bool(model.inputs)
