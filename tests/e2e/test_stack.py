@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
@@ -10,7 +11,7 @@ from prefect.deployments import run_deployment
 from deployments.deploy import triggers_per_deployment
 from deployments.stack import Stack
 from e2e_helpers import MODEL, bridge_down, service_log, train_version, twin_of, wait_for_twin
-from onnx_stage.config import load_config
+from onnx_stage.config import ConverterRoute, load_config
 from tasks.register import TWIN_OF
 
 
@@ -39,7 +40,7 @@ def test_convert_deployment_schema_documents_the_run_form(stack: Stack) -> None:
     assert properties["config"]["default"]["convert"]["opset"] == 17  # the form opens filled with the defaults
     convert_section = schema["definitions"]["ConvertConfig"]["properties"]
     assert (convert_section["opset"]["minimum"], convert_section["opset"]["maximum"]) == (13, 21)
-    assert convert_section["routes"]["items"]["enum"] == ["onnxmltools", "keras_export", "tf2onnx"]
+    assert convert_section["routes"]["items"]["enum"] == list(get_args(ConverterRoute))
     assert "ONNX opset" in convert_section["opset"]["description"]
     with get_client(sync_client=True) as client:
         refused = None
