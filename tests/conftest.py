@@ -20,7 +20,7 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with mlflow_server(state) as url:
         os.environ["MLFLOW_TRACKING_URI"] = url
         yield url
-        del os.environ["MLFLOW_TRACKING_URI"]
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
