@@ -32,5 +32,7 @@ def tuning_candidates() -> list[SessionOptionsDict]:
     cores = os.cpu_count() or 1
     levels = [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED.value, ort.GraphOptimizationLevel.ORT_ENABLE_ALL.value]
     threads = sorted({1, cores})
-    return [{"graph_optimization_level": level, "intra_op_num_threads": count,
-             "execution_mode": "sequential"} for level in levels for count in threads]
+    candidates = [{"graph_optimization_level": level, "intra_op_num_threads": count, "execution_mode": "sequential"}
+                  for level in levels for count in threads]
+    default = {"graph_optimization_level": levels[-1], "intra_op_num_threads": cores, "execution_mode": "sequential"}
+    return [c for c in candidates if c != default]  # the default session is always measured anyway

@@ -24,5 +24,8 @@ def build_variant(kind: VariantKind, onnx_path: Path, out_dir: Path) -> Path:
         converted.topological_sort()  # the converter appends its input Casts after the nodes that read them
         onnx.save(converted.model, str(variant_path))
     else:
-        quantize_dynamic(onnx_path, variant_path, weight_type=QuantType.QInt8, per_channel=True)
+        # only matrix products: dynamic quantisation turns convolutions into ConvInteger, which is 2-10x slower than
+        # fp32 on this kind of CPU (no VNNI; benchmarks/int8_speedup.py)
+        quantize_dynamic(onnx_path, variant_path, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
     return variant_path
