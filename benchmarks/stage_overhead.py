@@ -198,13 +198,13 @@ def install_probes() -> list:
     wrap("onnx.checker", "check_model", "parent: onnx.checker")
     wrap("tasks.register", "infer_signature", "mlflow: infer_signature")
     wrap("mlflow", "start_run", "mlflow: start_run")
-    wrap("mlflow.models.model", "Model.log", "mlflow: log_model (save, check, upload)")
+    wrap("mlflow.onnx", "save_model", "mlflow: onnx save_model")
+    wrap("mlflow", "log_artifacts", "mlflow: upload model artifacts")
     wrap("mlflow.models.utils", "_save_example", "mlflow: save input example (JSON)")
     wrap("mlflow.models.utils", "_validate_serving_input", "mlflow: validate serving input (pyfunc load+predict)")
     wrap("mlflow.utils.environment", "warn_dependency_requirement_mismatches", "mlflow: requirement mismatch check")
     wrap("mlflow.utils.requirements_utils", "warn_dependency_requirement_mismatches",
          "mlflow: requirement mismatch check")
-    wrap("mlflow.tracking.client", "MlflowClient.log_model_artifacts", "mlflow: upload model artifacts")
     wrap("mlflow", "register_model", "mlflow: register_model (twin)")
     wrap("flows.convert_flow", "create_markdown_artifact", "prefect: markdown artifact")
     return events
