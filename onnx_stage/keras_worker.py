@@ -45,11 +45,18 @@ class KerasWorker:
         self.close()
 
     def call(self, operation: str, **kwargs: Any) -> Any:
+        return self.start(operation, **kwargs).result()
+
+    def start(self, operation: str, **kwargs: Any) -> "PendingCall":
+        """Send a request without waiting for it, so the parent can work while the child computes."""
         if self._closed:
             raise WorkerError(f"cannot run {operation}: the Keras child process was already stopped")
         if self._process.poll() is not None:
             raise WorkerError(f"the Keras child process is gone ({self._exit_reason()}){self._log_tail()}")
         self._conn.send((operation, kwargs))
+        return PendingCall(self, operation)
+
+    def _receive(self, operation: str) -> Any:
         if not self._conn.poll(self.timeout_seconds):
             self.close()
             raise WorkerError(
@@ -88,6 +95,16 @@ class KerasWorker:
         self._log.flush()
         lines = Path(self._log.name).read_text(errors="replace").strip().splitlines()[-5:]
         return ("; last output: " + " | ".join(lines)) if lines else ""
+
+
+class PendingCall:
+    """A request the child is working on; result() waits for its answer (bounded by the worker's timeout)."""
+
+    def __init__(self, worker: KerasWorker, operation: str) -> None:
+        self._worker, self._operation = worker, operation
+
+    def result(self) -> Any:
+        return self._worker._receive(self._operation)
 
 
 def _serve(conn: Connection) -> None:

@@ -22,3 +22,13 @@ def test_a_call_over_its_timeout_kills_the_child() -> None:
     assert worker._process.poll() is not None
     with pytest.raises(WorkerError, match="already stopped"):
         worker.call("load_model", model_file="/dev/null")
+
+
+def test_a_started_call_lets_the_parent_work_until_it_asks_for_the_answer(tmp_path: Path) -> None:
+    with KerasWorker(timeout_seconds=300) as worker:
+        pending = worker.start("no_such_operation")
+        assert worker._process.poll() is None  # the parent got control back while the child works
+        with pytest.raises(WorkerError, match="AttributeError"):
+            pending.result()
+        with pytest.raises(WorkerError, match="FileNotFoundError|No such file"):
+            worker.call("load_model", model_file=str(tmp_path / "missing.h5"))
