@@ -18,8 +18,8 @@ from tasks.benchmark import benchmark
 from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import find_twin, publish, register
-from tasks.validate import check_consumer, validate, validate_variants
+from tasks.register import find_twin, package, publish, register
+from tasks.validate import check_consumer, validate, validate_variants, validation_cases
 
 
 @task(name="summarise", cache_policy=NO_CACHE)
@@ -49,18 +49,25 @@ def convert_model(
             publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
             return existing
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
-        parity = validate(source, onnx_model, worker, config.validation, work_dir)
+        inputs = validation_cases(source, worker, config.validation, work_dir)
+        packaged = package.submit(onnx_model, inputs, work_dir)  # local files only: registered after validation
+        try:
+            parity = validate(source, onnx_model, inputs, worker, config.validation, work_dir)
+        finally:
+            packaged.wait()  # it writes into the scratch directory a failed validation removes
         variants = validate_variants(source, onnx_model, worker, config, work_dir)
         accepted = [variant for variant in variants if variant.parity]
         bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
         worker.close()
         with transaction():
-            twin = register(source, onnx_model, parity, bench, config, work_dir)
+            twin = register(source, packaged, onnx_model, parity, bench, config, work_dir)
             check_consumer(twin, parity)
             variant_twins = []
             for variant in accepted:
-                variant_twins.append(register(source, variant.onnx_model, variant.parity, bench, config,
-                                              work_dir / variant.kind, variant.kind))
+                variant_dir = work_dir / variant.kind
+                variant_package = package(variant.onnx_model, inputs, variant_dir, variant.kind)
+                variant_twins.append(register(source, variant_package, variant.onnx_model, variant.parity, bench,
+                                              config, variant_dir, variant.kind))
                 check_consumer(variant_twins[-1], variant.parity)
             for registered in (twin, *variant_twins):
                 publish(source, registered, config)

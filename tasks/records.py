@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -146,3 +147,23 @@ class RegisteredTwin(Record):
     run_id: str
     created: bool = Field(..., description="False when an identical twin already existed (idempotent rerun).")
     variant: str = Field("fp32", description="fp32 (the converted model), or the kind of a smaller variant.")
+
+
+class ValidationInputs(Record):
+    """The cases validation feeds both models, chosen before any model runs; the first is the reference
+    (the version's input example when it has one) that becomes the registered model's input example."""
+
+    path: Path = Field(..., description=".npz with the arrays of case i, input k under `case{i}_input{k}`.")
+    labels: list[str]
+    inputs_per_case: int
+
+    def cases(self) -> list[tuple[str, list[np.ndarray]]]:
+        with np.load(self.path) as arrays:
+            return [(label, [arrays[f"case{i}_input{k}"] for k in range(self.inputs_per_case)])
+                    for i, label in enumerate(self.labels)]
+
+    @classmethod
+    def save(cls, cases: list[tuple[str, list[np.ndarray]]], path: Path) -> "ValidationInputs":
+        np.savez(path, **{f"case{i}_input{k}": array for i, (_, arrays) in enumerate(cases)
+                          for k, array in enumerate(arrays)})
+        return cls(path=path, labels=[label for label, _ in cases], inputs_per_case=len(cases[0][1]))

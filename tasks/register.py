@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Sequence
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import onnx
 from mlflow import MlflowClient
-from mlflow.models import infer_signature
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.types import Schema, TensorSpec
+from onnx import helper
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
@@ -19,7 +23,7 @@ from onnx_stage.config import StageConfig
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import use_experiment
-from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel
+from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel, ValidationInputs
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
@@ -43,26 +47,46 @@ def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTw
     return None
 
 
-def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-                  config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
+def package_model(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path,
+                  variant: str = FULL_PRECISION) -> Path:
+    """The twin's MLflow model directory (onnx flavor: signature, input example, pinned requirements, renderings).
+
+    Writes nothing to the registry, so the flow builds it while validation runs: MLflow's JSON rendering of an
+    image input example and its requirements check take seconds that would otherwise come after validation."""
+    model_dir = work_dir / f"mlflow-model-{variant}"
+    proto = onnx.load(str(onnx_model.onnx_path))
+    signature = onnx_signature(proto)
+    _, reference = inputs.cases()[0]
+    mlflow.onnx.save_model(
+        proto, str(model_dir),
+        signature=signature, input_example=dict(zip(signature.inputs.input_names(), reference)),
+        pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
+        save_as_external_data=False, onnx_execution_providers=PROVIDERS,
+        extra_files=[str(onnx_model.json_path), str(onnx_model.text_path)],
+    )
+    return model_dir
+
+
+def onnx_signature(proto: onnx.ModelProto) -> ModelSignature:
+    """The signature the ONNX graph declares: dynamic dimensions (batch, sequence length) become -1."""
+    def specs(values: Sequence[onnx.ValueInfoProto]) -> Schema:
+        return Schema([TensorSpec(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type),
+                                  tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim),
+                                  v.name) for v in values])
+    weights = {tensor.name for tensor in proto.graph.initializer}
+    return ModelSignature(specs([v for v in proto.graph.input if v.name not in weights]), specs(proto.graph.output))
+
+
+def register_twin(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifacts, parity: ParityReport,
+                  bench: BenchReport, config: StageConfig, work_dir: Path,
+                  variant: str = FULL_PRECISION) -> RegisteredTwin:
     """One new version of the twin model; variants (fp16, int8) are versions of their own, tagged with the kind."""
     use_experiment(config.registry.experiment)
     reports = [_write_json(work_dir / "validation.json", parity.model_dump(mode="json")),
                _write_json(work_dir / "benchmark.json", bench.model_dump(mode="json"))]
     if bench.rows:
         reports.append(latency_plot(bench, work_dir / "latency.png", f"{source.ref.describe()} latency"))
-    inputs, outputs = _npz_dict(parity.reference_inputs), _npz_dict(parity.reference_outputs)
-    model_dir = work_dir / f"mlflow-model-{variant}"
-    # save_model + log_artifacts rather than log_model: log_model re-loads the model to validate its serving
-    # example, which our registry-consumer check does anyway (3-5 s on a MobileNetV2)
-    mlflow.onnx.save_model(
-        onnx.load(str(onnx_model.onnx_path)), str(model_dir),
-        signature=infer_signature(inputs, outputs), input_example=inputs,
-        pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
-        save_as_external_data=False, onnx_execution_providers=PROVIDERS,
-        onnx_session_options=bench.session_options or None,
-        extra_files=[str(onnx_model.json_path), str(onnx_model.text_path), *map(str, reports)],
-    )
+    _add_evidence(model_dir, reports, bench.session_options)
     with mlflow.start_run(run_name=f"onnx {variant} {source.ref.describe()}") as run:
         mlflow.log_params({"source": source.ref.describe(), "route": onnx_model.route, "opset": onnx_model.opset})
         mlflow.log_metrics(_metrics(parity, bench, onnx_model))
@@ -72,6 +96,18 @@ def register_twin(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
                                     tags=_version_tags(source, onnx_model, parity, bench, config, variant))
     return RegisteredTwin(name=name, version=created.version, uri=f"models:/{name}/{created.version}",
                           run_id=run.info.run_id, created=True, variant=variant)
+
+
+def _add_evidence(model_dir: Path, reports: list[Path], session_options: dict[str, int | str]) -> None:
+    """Add the reports and the benchmark's chosen session options to the packaged model's onnx flavor, as
+    save_model's extra_files and onnx_session_options would have (they exist only after packaging)."""
+    model = Model.load(str(model_dir))
+    flavor = model.flavors["onnx"]
+    for report in reports:
+        shutil.copy(report, model_dir / "extra_files" / report.name)
+        flavor.setdefault("extra_files", []).append({"path": f"extra_files/{report.name}"})
+    flavor["onnx_session_options"] = session_options or None
+    model.save(str(model_dir / MLMODEL_FILE_NAME))
 
 
 def publish_twin(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
@@ -131,20 +167,20 @@ def _write_json(path: Path, content: dict) -> Path:
     return path
 
 
-def _npz_dict(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as arrays:
-        return {k: arrays[k] for k in arrays.files}
-
-
 @task(name="find-existing-twin", cache_policy=NO_CACHE)
 def find_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
     return find_existing_twin(source, config)
 
 
+@task(name="package", cache_policy=NO_CACHE)
+def package(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path, variant: str = FULL_PRECISION) -> Path:
+    return package_model(onnx_model, inputs, work_dir, variant)
+
+
 @task(name="register", cache_policy=NO_CACHE)
-def register(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
-             config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
-    twin = register_twin(source, onnx_model, parity, bench, config, work_dir, variant)
+def register(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifacts, parity: ParityReport,
+             bench: BenchReport, config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
+    twin = register_twin(source, model_dir, onnx_model, parity, bench, config, work_dir, variant)
     get_transaction().set("twin", twin)
     return twin
 

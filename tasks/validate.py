@@ -1,6 +1,7 @@
 """validate: onnx.checker, then ONNX vs Keras on the input example and on generated batches (batch 1 and N)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -18,7 +19,8 @@ from onnx_stage.parity import compare_output, output_passes
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import open_session
 from onnx_stage.variants import build_variant
-from tasks.records import OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel, VariantOutcome
+from tasks.records import (OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel, ValidationInputs,
+                           VariantOutcome)
 
 
 class ParityError(StageError):
@@ -27,26 +29,31 @@ class ParityError(StageError):
         super().__init__(f"ONNX output differs from Keras beyond tolerance, nothing registered: {figures}; {blame}")
 
 
+def choose_inputs(source: SourceModel, worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ValidationInputs:
+    return ValidationInputs.save(validation_inputs(source, worker, config), work_dir / "validation_inputs.npz")
+
+
 def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
-                 work_dir: Path) -> ParityReport:
+                 work_dir: Path, inputs: ValidationInputs | None = None) -> ParityReport:
     try:
         onnx.checker.check_model(str(onnx_model.onnx_path), full_check=True)
     except onnx.checker.ValidationError as error:
         raise StageError(f"the converted model fails onnx.checker: {str(error).splitlines()[0]}") from None
-    session = open_session(onnx_model.onnx_path)
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
+    cases = inputs.cases() if inputs else validation_inputs(source, worker, config)
+    case_inputs = [arrays for _, arrays in cases]
+    with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
+        onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, case_inputs)
+        expected_outputs = keras_outputs(worker, case_inputs)
+        (input_names, output_names), actual_outputs = onnx_run.result()
 
     report_cases, reference, first_failure = [], None, None
-    cases = validation_inputs(source, worker, config)
-    for (label, inputs), expected in zip(cases, keras_outputs(worker, [inputs for _, inputs in cases])):
-        actual = session.run(None, dict(zip(input_names, inputs)))
+    for (label, arrays), expected, actual in zip(cases, expected_outputs, actual_outputs):
         outputs = [compare_output(n, e, a, **config.tolerance_for(n).model_dump())
                    for n, e, a in zip(output_names, expected, actual)]
-        report_cases.append(ParityCase(label=label, batch_size=len(inputs[0]), outputs=outputs))
-        reference = reference or (inputs, expected)
+        report_cases.append(ParityCase(label=label, batch_size=len(arrays[0]), outputs=outputs))
+        reference = reference or (arrays, expected)
         if first_failure is None and not all(output_passes(o, config.min_argmax_agreement) for o in outputs):
-            first_failure = inputs
+            first_failure = arrays
 
     report = ParityReport(
         passed=first_failure is None,
@@ -57,6 +64,14 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
     if not report.passed:
         raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config))
     return report
+
+
+def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]]) -> tuple[tuple[list[str], list[str]], list[list[np.ndarray]]]:
+    """(input names, output names) of the ONNX model and its outputs on every case."""
+    session = open_session(onnx_path)
+    input_names = [i.name for i in session.get_inputs()]
+    names = (input_names, [o.name for o in session.get_outputs()])
+    return names, [session.run(None, dict(zip(input_names, arrays))) for arrays in cases]
 
 
 def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -141,10 +156,15 @@ def _write_npz(path: Path, names: list[str], arrays: list[np.ndarray]) -> Path:
     return path
 
 
+@task(name="choose-validation-inputs", cache_policy=NO_CACHE)
+def validation_cases(source: SourceModel, worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ValidationInputs:
+    return choose_inputs(source, worker, config, work_dir)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
-             work_dir: Path) -> ParityReport:
-    return check_parity(source, onnx_model, worker, config, work_dir)
+def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, worker: KerasWorker,
+             config: ValidateConfig, work_dir: Path) -> ParityReport:
+    return check_parity(source, onnx_model, worker, config, work_dir, inputs)
 
 
 @task(name="validate-variants", cache_policy=NO_CACHE)

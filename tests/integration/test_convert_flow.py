@@ -49,7 +49,12 @@ def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_pa
     assert "graph {" in (files / "extra_files" / "model.onnx.txt").read_text()
     validation = json.loads((files / "extra_files" / "validation.json").read_text())
     assert validation["passed"] and {c["batch_size"] for c in validation["cases"]} >= {1, 16}
-    assert json.loads((files / "extra_files" / "benchmark.json").read_text())["rows"]
+    bench = json.loads((files / "extra_files" / "benchmark.json").read_text())
+    assert bench["rows"]
+    flavor = mlflow.models.Model.load(twin.uri).flavors["onnx"]  # packaged before validation, completed after
+    assert {f["path"] for f in flavor["extra_files"]} >= {f"extra_files/{name}" for name in (
+        "model.json", "model.onnx.txt", "validation.json", "benchmark.json", "latency.png")}
+    assert flavor["onnx_session_options"] == (bench["session_options"] or None)
     metrics = client.get_run(twin.run_id).data.metrics
     assert metrics["latency.keras.batch1.p50_ms"] > 0 and metrics["latency.onnxruntime_default.batch32.p50_ms"] > 0
     assert (files / "extra_files" / "latency.png").read_bytes().startswith(b"\x89PNG")

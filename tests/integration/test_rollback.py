@@ -14,8 +14,8 @@ from tasks.benchmark import benchmark
 from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import register
-from tasks.validate import validate
+from tasks.register import package, register
+from tasks.validate import validate, validation_cases
 
 
 class ConsumerCheckFailed(RuntimeError):
@@ -34,10 +34,11 @@ def register_then_fail(work_dir: Path) -> None:
     with KerasWorker(config.convert.timeout_seconds) as worker:
         source = load(ModelRef(name="digits-mlp", alias="champion"), worker, work_dir)
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
-        parity = validate(source, onnx_model, worker, config.validation, work_dir)
+        inputs = validation_cases(source, worker, config.validation, work_dir)
+        parity = validate(source, onnx_model, inputs, worker, config.validation, work_dir)
         bench = benchmark(source, onnx_model, worker, config.benchmark, [])
     with transaction():
-        twin = register(source, onnx_model, parity, bench, config, work_dir)
+        twin = register(source, package(onnx_model, inputs, work_dir), onnx_model, parity, bench, config, work_dir)
         failing_check(twin)
 
 
