@@ -50,6 +50,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see onnx_stage/__init__.py; the children inherit it
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TARGETS = {"mlp": 1.6, "mobilenetv2": 1.3}

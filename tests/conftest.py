@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+import onnx_stage  # noqa: E402,F401  (turns MLflow telemetry off before anything imports mlflow)
 
 
 @pytest.fixture(scope="session")
