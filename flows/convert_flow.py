@@ -19,7 +19,7 @@ from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
 from tasks.register import find_twin, package, publish, register
-from tasks.validate import check_consumer, validate, validate_variants, validation_cases
+from tasks.validate import check_consumer, check_served_options, validate, validate_variants, validation_cases
 
 
 @task(name="summarise", cache_policy=NO_CACHE)
@@ -58,6 +58,7 @@ def convert_model(
         variants = validate_variants(source, onnx_model, worker, config, work_dir)
         accepted = [variant for variant in variants if variant.parity]
         bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
+        bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)
         worker.close()
         with transaction():
             twin = register(source, packaged, onnx_model, parity, bench, config, work_dir)

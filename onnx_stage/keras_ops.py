@@ -1,21 +1,19 @@
-"""The operations the Keras child process serves (see keras_worker). Imported only in that child."""
+"""The operations the child process serves for Keras sources (.keras, .h5; see keras_worker and sources/).
+Imported only in that child."""
 from __future__ import annotations
 
-import ctypes
 import importlib
 import re
-import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import onnx
-import onnxruntime as ort
 import tensorflow as tf
 
-from onnx_stage.routes import ROUTES
+# The Keras routes, imported when the child starts (it imports this module while the parent fetches the model)
+from onnx_stage.routes import (convert_first_working, keras_export, one_line, onnxmltools_route,  # noqa: F401
+                               tf2onnx_handlers, tf2onnx_lean, tf2onnx_route)
 from onnx_stage.routes.signature import input_ports, is_graph_network, output_ports
 from onnx_stage.timing import time_calls
 
@@ -28,7 +26,7 @@ def load_model(state: State, model_file: str, custom_object_modules: tuple[str, 
     try:
         model = keras.models.load_model(model_file, compile=False, safe_mode=True)
     except TypeError as error:
-        raise ValueError(_unregistered_class_hint(str(error)) or _one_line(error)) from None
+        raise ValueError(_unregistered_class_hint(str(error)) or one_line(error)) from None
     state["model"] = model
     return {
         "inputs": [asdict(port) for port in input_ports(model)],
@@ -51,47 +49,8 @@ def _unregistered_class_hint(message: str) -> str | None:
 
 
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:
-    """Try the routes in order; the first whose model passes onnx.checker and loads in onnxruntime wins.
-
-    Reports the child's peak resident memory during the conversion (the kernel's high-water mark, reset first).
-    """
     model = state["model"]
-    output_names = [port.name for port in output_ports(model)]
-    failures: dict[str, str] = {}
-    _reset_peak_rss()
-    for route in routes:
-        started = time.perf_counter()
-        try:
-            _convert_with(route, model, opset, output_names, onnx_path)
-        except Exception as error:
-            failures[route] = _one_line(error)
-            continue
-        return {"route": route, "failures": failures, "seconds": time.perf_counter() - started,
-                "route_versions": ROUTES[route].versions(), "peak_rss_bytes": _peak_rss_bytes()}
-    raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
-
-
-def _convert_with(route: str, model: keras.Model, opset: int, output_names: list[str], onnx_path: str) -> None:
-    """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy."""
-    proto = ROUTES[route].convert(model, opset)
-    _name_dynamic_batch(proto)
-    _name_outputs_after_layers(proto, output_names)
-    onnx.save_model(proto, onnx_path)
-    del proto
-    onnx.checker.check_model(onnx_path)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a load check needs no packed copy
-    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-
-
-def _reset_peak_rss() -> None:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back what loading freed, or it counts towards the peak
-    Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
-
-
-def _peak_rss_bytes() -> int:
-    peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)
-    return int(peak_kib) * 1024
+    return convert_first_working(model, routes, opset, onnx_path, [port.name for port in output_ports(model)])
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -104,30 +63,6 @@ def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, min_r
     """Seconds per call of the compiled path (predict_on_batch), the fair Keras baseline."""
     model, batch = state["model"], inputs if len(inputs) > 1 else inputs[0]
     return time_calls(lambda: model.predict_on_batch(batch), warmup_runs, min_runs, min_seconds)
-
-
-def _one_line(error: Exception) -> str:
-    first_line = next(iter(str(error).strip().splitlines()), "")
-    return f"{type(error).__name__}: {first_line[:300]}"
-
-
-def _name_outputs_after_layers(proto: onnx.ModelProto, layer_names: list[str]) -> None:
-    """Routes name outputs output_1 or Identity:0; consumers and per-output tolerances use the Keras names."""
-    taken = {name for node in proto.graph.node for name in node.output}
-    for output, new_name in zip(proto.graph.output, layer_names):
-        if new_name in taken or output.name == new_name:
-            continue
-        for node in proto.graph.node:
-            node.output[:] = [new_name if n == output.name else n for n in node.output]
-            node.input[:] = [new_name if n == output.name else n for n in node.input]
-        output.name = new_name
-
-
-def _name_dynamic_batch(proto: onnx.ModelProto) -> None:
-    for value in [*proto.graph.input, *proto.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
 
 
 def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]]:

@@ -1,11 +1,15 @@
-"""Everything that needs TensorFlow/Keras runs in one child process per flow run.
+"""Everything that needs the source model's framework (TensorFlow/Keras, scikit-learn, ...) runs in one child
+process per flow run.
 
 TensorFlow costs ~800 MB that it never gives back, and a hung or exploding conversion ignores Prefect's
 timeouts inside a thread; in a child process it can be killed. The parent talks to the child over a pipe:
-one request, one answer, each bounded by a timeout.
+one request, one answer, each bounded by a timeout. The child serves the operations of one module (load_model,
+convert, predict, time_predict, layer_outputs, input_hints): the source kind's (onnx_stage/sources/), Keras'
+by default.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -17,26 +21,42 @@ from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any
 
+KERAS_OPERATIONS = "onnx_stage.keras_ops"
+
 
 class WorkerError(RuntimeError):
-    """The Keras child failed a request, died, or ran out of time."""
+    """The child failed a request, died, or ran out of time."""
 
 
 class KerasWorker:
-    """Parent-side handle of the Keras child process. Use as a context manager."""
+    """Parent-side handle of the child process. Use as a context manager.
 
-    def __init__(self, timeout_seconds: float) -> None:
+    The child imports its operations module as soon as it starts, so Keras' TensorFlow import overlaps the
+    parent's download of the model (most sources are Keras); serve() swaps in another kind's child."""
+
+    def __init__(self, timeout_seconds: float, operations: str = KERAS_OPERATIONS) -> None:
         self.timeout_seconds = timeout_seconds
+        self._closed = True
+        self._start_child(operations)
+
+    def _start_child(self, operations: str) -> None:
         parent_end, child_end = Pipe()
         self._conn = parent_end
         self._log = tempfile.NamedTemporaryFile(prefix="keras-worker-", suffix=".log", delete=False)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "onnx_stage.keras_worker", str(child_end.fileno())],
+            [sys.executable, "-m", "onnx_stage.keras_worker", str(child_end.fileno()), operations],
             pass_fds=[child_end.fileno()], stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         child_end.close()
-        self._closed = False
+        self.operations, self._closed = operations, False
+
+    def serve(self, operations: str) -> None:
+        """Make the child serve `operations` (a source kind's module): a child serving another module is replaced,
+        so a scikit-learn source never pays for the TensorFlow import a Keras child starts with."""
+        if operations != self.operations:
+            self.close()
+            self._start_child(operations)
 
     def __enter__(self) -> "KerasWorker":
         return self
@@ -50,9 +70,9 @@ class KerasWorker:
     def start(self, operation: str, **kwargs: Any) -> "PendingCall":
         """Send a request without waiting for it, so the parent can work while the child computes."""
         if self._closed:
-            raise WorkerError(f"cannot run {operation}: the Keras child process was already stopped")
+            raise WorkerError(f"cannot run {operation}: the child process was already stopped")
         if self._process.poll() is not None:
-            raise WorkerError(f"the Keras child process is gone ({self._exit_reason()}){self._log_tail()}")
+            raise WorkerError(f"the child process is gone ({self._exit_reason()}){self._log_tail()}")
         self._conn.send((operation, kwargs))
         return PendingCall(self, operation)
 
@@ -60,14 +80,14 @@ class KerasWorker:
         if not self._conn.poll(self.timeout_seconds):
             self.close()
             raise WorkerError(
-                f"Keras {operation} took longer than {self.timeout_seconds:.0f} s and was killed; "
+                f"{operation} (in the model's child process) took longer than {self.timeout_seconds:.0f} s and was killed; "
                 "raise convert.timeout_seconds if the model is just big"
             )
         try:
             status, payload = self._conn.recv()
         except (EOFError, ConnectionResetError):
             self._process.wait(timeout=10)
-            raise WorkerError(f"the Keras child process died during {operation} ({self._exit_reason()})"
+            raise WorkerError(f"the child process died during {operation} ({self._exit_reason()})"
                               f"{self._log_tail()}") from None
         if status == "error":
             raise WorkerError(payload)
@@ -107,9 +127,8 @@ class PendingCall:
         return self._worker._receive(self._operation)
 
 
-def _serve(conn: Connection) -> None:
-    from onnx_stage import keras_ops  # imports TensorFlow; the parent never does
-
+def _serve(conn: Connection, operations_module: str) -> None:
+    operations = importlib.import_module(operations_module)  # Keras': imports TensorFlow; the parent never does
     state: dict[str, Any] = {}
     while True:
         try:
@@ -117,7 +136,7 @@ def _serve(conn: Connection) -> None:
         except EOFError:
             return
         try:
-            answer = ("ok", getattr(keras_ops, operation)(state, **kwargs))
+            answer = ("ok", getattr(operations, operation)(state, **kwargs))
         except Exception as error:  # every failure goes back to the parent as one readable line
             detail = traceback.format_exc(limit=-3) if os.environ.get("ONNX_STAGE_DEBUG") else ""
             answer = ("error", f"{type(error).__name__}: {error}{detail}")
@@ -128,4 +147,4 @@ def _serve(conn: Connection) -> None:
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))
+    _serve(Connection(int(sys.argv[1])), sys.argv[2])

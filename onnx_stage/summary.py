@@ -29,6 +29,8 @@ def latency_table(bench: BenchReport) -> list[str]:
     lines += [f"| {r.runtime} | {r.batch_size} | {r.runs} | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f} | "
               f"{r.mean_ms:.3f} ± {r.mean_ci95_ms:.3f} | {r.throughput_per_s:,.0f} |" for r in bench.rows]
     lines.append(f"\nRegistered onnxruntime session options: `{bench.session_options or 'defaults'}`")
+    if bench.tuning_refused:
+        lines.append(f"\nTuned options not registered: {bench.tuning_refused}")
     for batch_size in sorted({r.batch_size for r in bench.rows}):
         versus_default = bench.speedup(batch_size, baseline=ORT_DEFAULT)
         lines.append(f"- batch {batch_size}: registered ONNX is {bench.speedup(batch_size):.2f}× compiled Keras"

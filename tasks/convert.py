@@ -1,4 +1,4 @@
-"""convert: Keras → ONNX in the Keras child (routes tried in order), then the JSON and text renderings."""
+"""convert: source → ONNX in the child process (the kind's routes tried in order), then the JSON and text renderings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from onnx_stage.config import ConvertConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.rendering import write_renderings
+from onnx_stage.sources import SOURCE_KINDS
 from tasks.records import OnnxArtifacts, SourceModel
 
 
@@ -18,7 +19,8 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     try:
-        outcome = worker.call("convert", routes=config.routes, opset=config.opset, onnx_path=str(onnx_path))
+        outcome = worker.call("convert", routes=SOURCE_KINDS[source.kind].routes(config.routes), opset=config.opset,
+                              onnx_path=str(onnx_path))
     except WorkerError as error:
         raise StageError(f"conversion of {source.ref.describe()} failed: {error}") from None
     artifacts = OnnxArtifacts(

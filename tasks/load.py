@@ -1,4 +1,5 @@
-"""load: resolve the source model (registry version or file), fetch it, and read its interface in the Keras child."""
+"""load: resolve the source model (registry version or file), fetch it, detect its kind, and read its interface in
+the child process."""
 from __future__ import annotations
 
 import hashlib
@@ -16,26 +17,26 @@ from prefect.cache_policies import NO_CACHE
 
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.sources import detect_source
 from tasks.records import ModelRef, SourceModel, TensorSpec
-
-MODEL_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 
 
 def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
                 custom_object_modules: Sequence[str] = ()) -> SourceModel:
     version = None if ref.path else resolve_version(MlflowClient(), ref)
     artifact_dir = fetch_artifacts(ref, version, work_dir / "source")
-    model_file = find_model_file(artifact_dir)
-    interface = worker.call("load_model", model_file=str(model_file), custom_object_modules=tuple(custom_object_modules))
+    source = detect_source(artifact_dir)
+    worker.serve(source.kind.operations)
+    interface = worker.call("load_model", model_file=str(source.path), custom_object_modules=tuple(custom_object_modules))
     inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
     return SourceModel(
         ref=ref,
         registry_version=str(version.version) if version else None,
         run_id=version.run_id if version else None,
         aliases=list(version.aliases) if version else [],
-        model_file=model_file,
-        kind=MODEL_SUFFIXES[model_file.suffix],
-        sha256=sha256_of(model_file),
+        model_file=source.path,
+        kind=source.kind.name,
+        sha256=sha256_of(source.path),
         inputs=inputs,
         outputs=[TensorSpec(**spec) for spec in interface["outputs"]],
         input_example=save_input_example(artifact_dir, inputs, work_dir / "input_example.npz"),
@@ -81,20 +82,6 @@ def fetch_artifacts(ref: ModelRef, version: ModelVersion | None, destination: Pa
         raise StageError(f"cannot fetch {uri}: {str(error).splitlines()[0]}") from None
 
 
-def find_model_file(location: Path) -> Path:
-    if location.is_file():
-        candidates = [location]
-    else:
-        candidates = sorted(p for p in location.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file())
-    if not candidates or candidates[0].suffix not in MODEL_SUFFIXES:
-        raise StageError(f"no Keras model file ({', '.join(MODEL_SUFFIXES)}) in {location}; "
-                         "log the model with mlflow.keras.log_model or as a .keras/.h5 artifact")
-    if len(candidates) > 1:
-        raise StageError(f"several model files in {location}: {', '.join(p.name for p in candidates)}; "
-                         "point the stage at one of them")
-    return candidates[0]
-
-
 def save_input_example(artifact_dir: Path, inputs: list[TensorSpec], destination: Path) -> Path | None:
     """Store the version's input example as arrays named after the model's inputs, cast to their dtypes."""
     if not (artifact_dir / "MLmodel").is_file():
@@ -114,10 +101,14 @@ def save_input_example(artifact_dir: Path, inputs: list[TensorSpec], destination
 
 
 def sha256_of(path: Path) -> str:
+    """Of a file's bytes; of a directory (SavedModel, MLflow model), of its files' relative paths and bytes."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

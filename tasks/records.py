@@ -47,8 +47,9 @@ class SourceModel(Record):
     registry_version: str | None = Field(None, description="Resolved version number; None for a file source.")
     run_id: str | None = None
     aliases: list[str] = []
-    model_file: Path
-    kind: Literal["keras", "h5"]
+    model_file: Path = Field(..., description="What the child loaded: a model file, a SavedModel or MLflow model directory.")
+    kind: Literal["keras", "h5", "saved_model", "sklearn", "lightgbm", "xgboost"] = Field(
+        ..., description="Detected from the artifact (onnx_stage/sources/), never configured.")
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -96,6 +97,7 @@ class ParityReport(Record):
     cases: list[ParityCase]
     reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
     reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
+    keras_outputs: Path | None = Field(None, description=".npz of Keras' outputs on every case: case{i}_output{k}.")
 
 
 class VariantOutcome(Record):
@@ -125,6 +127,9 @@ class BenchReport(Record):
     rows: list[LatencyStats] = []
     session_options: dict[str, int | str] = Field(
         default_factory=dict, description="onnxruntime options the twin is registered (and served) with."
+    )
+    tuning_refused: str | None = Field(
+        None, description="Why the fastest options were not registered: they broke parity with Keras."
     )
 
     @property

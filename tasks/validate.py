@@ -17,10 +17,10 @@ from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_intermediate_values
 from onnx_stage.parity import compare_output, output_passes
 from onnx_stage.rendering import write_renderings
-from onnx_stage.sessions import open_session
+from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.variants import build_variant
-from tasks.records import (OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel, ValidationInputs,
-                           VariantOutcome)
+from tasks.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
+                           ValidationInputs, VariantOutcome)
 
 
 class ParityError(StageError):
@@ -60,18 +60,45 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
         atol=config.atol, rtol=config.rtol, cases=report_cases,
         reference_inputs=_write_npz(work_dir / "reference_inputs.npz", input_names, reference[0]),
         reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, reference[1]),
+        keras_outputs=_write_npz(work_dir / "keras_outputs.npz", [f"case{i}_output{k}" for i, outputs in
+                                 enumerate(expected_outputs) for k in range(len(outputs))],
+                                 [output for outputs in expected_outputs for output in outputs]),
     )
     if not report.passed:
         raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config))
     return report
 
 
-def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]]) -> tuple[tuple[list[str], list[str]], list[list[np.ndarray]]]:
+def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]], options: SessionOptionsDict | None = None,
+                 ) -> tuple[tuple[list[str], list[str]], list[list[np.ndarray]]]:
     """(input names, output names) of the ONNX model and its outputs on every case."""
-    session = open_session(onnx_path)
+    session = open_session(onnx_path, options)
     input_names = [i.name for i in session.get_inputs()]
     names = (input_names, [o.name for o in session.get_outputs()])
     return names, [session.run(None, dict(zip(input_names, arrays))) for arrays in cases]
+
+
+def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, parity: ParityReport, bench: BenchReport,
+                        config: ValidateConfig) -> BenchReport:
+    """Parity again at the session options the benchmark chose for serving (graph optimisations may fuse ops
+    differently): options that break it are not registered, and the twin is served with the defaults validation
+    proved."""
+    if not bench.session_options:
+        return bench
+    cases = inputs.cases()
+    (_, output_names), actual_outputs = onnx_outputs(onnx_model.onnx_path, [a for _, a in cases], bench.session_options)
+    broken = []
+    with np.load(parity.keras_outputs) as keras:
+        for i, ((label, _), actual) in enumerate(zip(cases, actual_outputs)):
+            for k, (name, onnx_output) in enumerate(zip(output_names, actual)):
+                figures = compare_output(name, keras[f"case{i}_output{k}"], onnx_output,
+                                         **config.tolerance_for(name).model_dump())
+                if not output_passes(figures, config.min_argmax_agreement):
+                    broken.append(f"{label} / {name}: max|Δ|={figures.max_abs:.3g}")
+    if not broken:
+        return bench
+    return bench.model_copy(update={"session_options": {}, "tuning_refused": (
+        f"options {bench.session_options} break parity with Keras ({'; '.join(broken[:3])}); served with defaults")})
 
 
 def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -165,6 +192,12 @@ def validation_cases(source: SourceModel, worker: KerasWorker, config: ValidateC
 def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, worker: KerasWorker,
              config: ValidateConfig, work_dir: Path) -> ParityReport:
     return check_parity(source, onnx_model, worker, config, work_dir, inputs)
+
+
+@task(name="check-served-parity", cache_policy=NO_CACHE)
+def check_served_options(onnx_model: OnnxArtifacts, inputs: ValidationInputs, parity: ParityReport, bench: BenchReport,
+                         config: ValidateConfig) -> BenchReport:
+    return check_served_parity(onnx_model, inputs, parity, bench, config)
 
 
 @task(name="validate-variants", cache_policy=NO_CACHE)

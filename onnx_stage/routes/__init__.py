@@ -1,16 +1,117 @@
-"""Converter routes, one small module each, registered in ROUTES in the order of this import list.
+"""Converter routes, one small module each, registered in ROUTES (name → module), and the walk through them.
 
-A route turns a loaded Keras model into an ONNX ModelProto with a dynamic batch dimension. Adding a
-route: write a module with `convert(model, opset) -> onnx.ModelProto` and `versions() -> dict`, and
-list it here. Imported only in the Keras child process.
+A route turns a loaded source model into an ONNX ModelProto with a dynamic batch dimension. Adding a route: write
+a module with `convert(model, opset) -> onnx.ModelProto` and `versions() -> dict`, and list it here. A route's
+module is imported when it is first used, so a child process only imports the converters (and frameworks) its
+source needs: a scikit-learn source never imports TensorFlow. Used only in the child process.
 """
+from __future__ import annotations
+
+import ctypes
+import importlib
+import re
+import time
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from onnx_stage.routes import keras_export, onnxmltools_route, tf2onnx_handlers, tf2onnx_lean, tf2onnx_route  # noqa: F401
+import onnx
+import onnxruntime as ort
 
-ROUTES: dict[str, ModuleType] = {
-    "onnxmltools": onnxmltools_route,
-    "keras_export": keras_export,
-    "tf2onnx": tf2onnx_route,
-    "tf2onnx_lean": tf2onnx_lean,
+ROUTES: dict[str, str] = {
+    "onnxmltools": "onnx_stage.routes.onnxmltools_route",
+    "keras_export": "onnx_stage.routes.keras_export",
+    "tf2onnx": "onnx_stage.routes.tf2onnx_route",
+    "tf2onnx_lean": "onnx_stage.routes.tf2onnx_lean",
+    "tf2onnx_saved_model": "onnx_stage.routes.tf2onnx_saved_model",
+    "skl2onnx": "onnx_stage.routes.skl2onnx_route",
+    "onnxmltools_lightgbm": "onnx_stage.routes.lightgbm_route",
+    "onnxmltools_xgboost": "onnx_stage.routes.xgboost_route",
 }
+
+
+def route(name: str) -> ModuleType:
+    return importlib.import_module(ROUTES[name])
+
+
+def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: str,
+                          output_names: list[str]) -> dict[str, Any]:
+    """Try the routes in order; the first whose model passes onnx.checker and loads in onnxruntime wins.
+
+    Reports the child's peak resident memory during the conversion (the kernel's high-water mark, reset first).
+    """
+    failures: dict[str, str] = {}
+    _reset_peak_rss()
+    for name in routes:
+        started = time.perf_counter()
+        try:
+            _convert_with(name, model, opset, output_names, onnx_path)
+        except Exception as error:
+            failures[name] = one_line(error)
+            continue
+        return {"route": name, "failures": failures, "seconds": time.perf_counter() - started,
+                "route_versions": route(name).versions(), "peak_rss_bytes": _peak_rss_bytes()}
+    raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
+
+
+def _convert_with(name: str, model: Any, opset: int, output_names: list[str], onnx_path: str) -> None:
+    """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy."""
+    proto = route(name).convert(model, opset)
+    _name_dynamic_batch(proto)
+    _name_outputs(proto, output_names)
+    onnx.save_model(proto, onnx_path)
+    del proto
+    onnx.checker.check_model(onnx_path)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a load check needs no packed copy
+    ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+
+
+def _reset_peak_rss() -> None:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back what loading freed, or it counts towards the peak
+    Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
+
+
+def _peak_rss_bytes() -> int:
+    peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)
+    return int(peak_kib) * 1024
+
+
+def one_line(error: Exception) -> str:
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    return f"{type(error).__name__}: {first_line[:300]}"
+
+
+def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    """Outputs in the source's order under the source's names (what validation pairs and consumers read).
+
+    Converters that already use the source's names may order them differently (tf2onnx sorts a signature's
+    outputs): those are reordered. Others name them output_1 or Identity:0: those are renamed in order."""
+    if {output.name for output in proto.graph.output} == set(names):
+        reorder_values(proto.graph.output, names)
+        return
+    taken = {name for node in proto.graph.node for name in node.output}
+    for output, new_name in zip(proto.graph.output, names):
+        if new_name in taken or output.name == new_name:
+            continue
+        for node in proto.graph.node:
+            node.output[:] = [new_name if n == output.name else n for n in node.output]
+            node.input[:] = [new_name if n == output.name else n for n in node.input]
+        output.name = new_name
+
+
+def reorder_values(values: Any, names: list[str]) -> None:
+    """Put a graph's inputs or outputs (a repeated ValueInfoProto field) in the order of `names`."""
+    by_name = {value.name: value for value in values}
+    ordered = [onnx.ValueInfoProto() for _ in names]
+    for copy, name in zip(ordered, names):
+        copy.CopyFrom(by_name[name])
+    del values[:]
+    values.extend(ordered)
+
+
+def _name_dynamic_batch(proto: onnx.ModelProto) -> None:
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
