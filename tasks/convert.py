@@ -34,7 +34,7 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         conversion_seconds=outcome["seconds"],
         conversion_peak_rss_bytes=outcome["peak_rss_bytes"],
     )
-    write_renderings(onnx.load(str(onnx_path)), artifacts.json_path, artifacts.text_path,
+    write_renderings(onnx.load(str(onnx_path), load_external_data=False), artifacts.json_path, artifacts.text_path,
                      config.json_max_tensor_elements)
     return artifacts
 

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from onnx_stage.config import StageConfig
+from onnx_stage.onnx_files import needs_external_data
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import use_experiment
@@ -61,7 +62,7 @@ def package_model(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir:
         proto, str(model_dir),
         signature=signature, input_example=dict(zip(signature.inputs.input_names(), reference)),
         pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
-        save_as_external_data=False, onnx_execution_providers=PROVIDERS,
+        save_as_external_data=needs_external_data(proto), onnx_execution_providers=PROVIDERS,
         extra_files=[str(onnx_model.json_path), str(onnx_model.text_path)],
     )
     return model_dir

@@ -18,6 +18,8 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from onnx_stage.onnx_files import save_onnx
+
 ROUTES: dict[str, str] = {
     "onnxmltools": "onnx_stage.routes.onnxmltools_route",
     "keras_export": "onnx_stage.routes.keras_export",
@@ -59,7 +61,7 @@ def _convert_with(name: str, model: Any, opset: int, output_names: list[str], on
     proto = route(name).convert(model, opset)
     _name_dynamic_batch(proto)
     _name_outputs(proto, output_names)
-    onnx.save_model(proto, onnx_path)
+    save_onnx(proto, Path(onnx_path))
     del proto
     onnx.checker.check_model(onnx_path)
     options = ort.SessionOptions()

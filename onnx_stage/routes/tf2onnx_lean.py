@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from tf2onnx import tf_loader
 from tf2onnx.convert import _convert_common
 
+from onnx_stage.onnx_files import data_file_of, save_onnx
 from onnx_stage.routes.signature import tf_tensor_specs
 
 WEIGHT_PREFIX = "weight__"
@@ -48,7 +49,7 @@ def convert(model: keras.Model, opset: int) -> onnx.ModelProto:
     _attach_weights(proto, weights)
     with tempfile.TemporaryDirectory() as scratch:
         weighted = Path(scratch) / "weighted.onnx"
-        onnx.save_model(proto, weighted)
+        save_onnx(proto, weighted, external=True)  # tensor by tensor: no serialised copy of the whole model
         del proto  # the only reference: onnxruntime's copy below must not come on top of it
         return _fold_weight_transforms(weighted, Path(scratch) / "folded.onnx")
 
@@ -127,6 +128,9 @@ def _fold_weight_transforms(source: Path, folded: Path) -> onnx.ModelProto:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(folded)
     options.add_session_config_entry("session.disable_prepacking", "1")  # packed weights would be one more copy
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     data_file_of(folded).name)  # over 2 GB only external data can be written
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     return onnx.load(str(folded))
 
