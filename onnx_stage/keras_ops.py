@@ -65,6 +65,10 @@ def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, min_r
     return time_calls(lambda: model.predict_on_batch(batch), warmup_runs, min_runs, min_seconds)
 
 
+def explain_mismatch(state: State, inputs: list[np.ndarray]) -> None:
+    return None  # validation localises a Keras mismatch layer by layer (layer_outputs)
+
+
 def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
     """Every top-level layer's (first) output on `inputs`, in topological order, with its parent layers."""
     model = state["model"]

@@ -30,7 +30,7 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         route=outcome["route"],
         route_failures=outcome["failures"],
         route_versions=outcome["route_versions"],
-        opset=config.opset,
+        opset=outcome["opset"],
         conversion_seconds=outcome["seconds"],
         conversion_peak_rss_bytes=outcome["peak_rss_bytes"],
     )

@@ -119,6 +119,8 @@ def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[li
 
 def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, np.ndarray],
                 config: ValidateConfig) -> str:
+    if explanation := worker.call("explain_mismatch", inputs=list(feed.values())):  # e.g. float32 tree splits
+        return explanation
     keras_layers = [KerasLayerOutput(**layer) for layer in worker.call("layer_outputs", inputs=list(feed.values()))]
     onnx_values = onnx_intermediate_values(onnx_model.onnx_path, feed)
     divergence = locate_divergence(keras_layers, onnx_values, config.atol, config.rtol)

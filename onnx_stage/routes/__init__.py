@@ -47,26 +47,30 @@ def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: 
     for name in routes:
         started = time.perf_counter()
         try:
-            _convert_with(name, model, opset, output_names, onnx_path)
+            opset_used = _convert_with(name, model, opset, output_names, onnx_path)
         except Exception as error:
             failures[name] = one_line(error)
             continue
-        return {"route": name, "failures": failures, "seconds": time.perf_counter() - started,
+        return {"route": name, "failures": failures, "seconds": time.perf_counter() - started, "opset": opset_used,
                 "route_versions": route(name).versions(), "peak_rss_bytes": _peak_rss_bytes()}
     raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
 
 
-def _convert_with(name: str, model: Any, opset: int, output_names: list[str], onnx_path: str) -> None:
-    """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy."""
+def _convert_with(name: str, model: Any, opset: int, output_names: list[str], onnx_path: str) -> int:
+    """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy.
+
+    Returns the model's opset: a route may stay below the one asked for (onnxmltools' tree converters stop at 15)."""
     proto = route(name).convert(model, opset)
     _name_dynamic_batch(proto)
     _name_outputs(proto, output_names)
+    opset_used = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     save_onnx(proto, Path(onnx_path))
     del proto
     onnx.checker.check_model(onnx_path)
     options = ort.SessionOptions()
     options.add_session_config_entry("session.disable_prepacking", "1")  # a load check needs no packed copy
     ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    return opset_used
 
 
 def _reset_peak_rss() -> None:

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_stage.errors import StageError
-from onnx_stage.sources import keras_file, saved_model
+from onnx_stage.sources import keras_file, lightgbm_flavor, saved_model, sklearn_flavor, xgboost_flavor
 from onnx_stage.sources.kind import SourceKind, read_flavors
 
 SOURCE_KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (
-    keras_file.KERAS, keras_file.H5, saved_model.SAVED_MODEL,
+    keras_file.KERAS, keras_file.H5, saved_model.SAVED_MODEL, sklearn_flavor.SKLEARN, lightgbm_flavor.LIGHTGBM,
+    xgboost_flavor.XGBOOST,
 )}
 
 

@@ -3,6 +3,7 @@ which Keras 3's loader reads), as a file or inside an MLflow `keras` flavor or a
 Keras model (mlflow.tensorflow.log_model of a Keras model: data/model.keras)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from onnx_stage.keras_worker import KERAS_OPERATIONS
@@ -11,7 +12,8 @@ from onnx_stage.sources.kind import Flavors, SourceKind, files_with_suffix
 KERAS_SUFFIXES, H5_SUFFIXES = {".keras"}, {".h5", ".hdf5"}
 
 
-def _flavor_file(suffixes: set[str]):  # noqa: ANN202
+def _flavor_file(suffixes: set[str]) -> Callable[[Path, Flavors], Path | None]:
+    """The model file of a keras flavor, or of a tensorflow flavor of a Keras model, if it has one of `suffixes`."""
     def detect(location: Path, flavors: Flavors) -> Path | None:
         tensorflow = flavors.get("tensorflow", {})
         if "keras" not in flavors and tensorflow.get("model_type") != "keras":
