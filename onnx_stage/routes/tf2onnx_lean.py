@@ -13,16 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import keras
-import numpy as np
 import onnx
 import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
-from onnx import numpy_helper
 from tf2onnx import tf_loader
 from tf2onnx.convert import _convert_common
 
-from onnx_stage.onnx_files import data_file_of, save_onnx
+from onnx_stage.onnx_files import append_external_tensor, data_file_of, save_onnx
 from onnx_stage.routes.signature import tf_tensor_specs
 
 WEIGHT_PREFIX = "weight__"
@@ -46,11 +44,11 @@ def convert(model: keras.Model, opset: int) -> onnx.ModelProto:
     with tf.device("/cpu:0"):
         proto, _ = _convert_common(graph_def, name=model.name, opset=opset, continue_on_error=False,
                                    input_names=input_names + weight_inputs, output_names=output_names)
-    _attach_weights(proto, weights)
     with tempfile.TemporaryDirectory() as scratch:
         weighted = Path(scratch) / "weighted.onnx"
-        save_onnx(proto, weighted, external=True)  # tensor by tensor: no serialised copy of the whole model
-        del proto  # the only reference: onnxruntime's copy below must not come on top of it
+        _attach_weights(proto, weights, weighted)
+        save_onnx(proto, weighted, external=True)
+        del proto
         return _fold_weight_transforms(weighted, Path(scratch) / "folded.onnx")
 
 
@@ -113,14 +111,17 @@ def _weights_as_placeholders(function: tf.types.experimental.ConcreteFunction) -
     return graph_def, {name: variable for name, (_, variable) in weights.items()}
 
 
-def _attach_weights(proto: onnx.ModelProto, weights: dict) -> None:
+def _attach_weights(proto: onnx.ModelProto, weights: dict, onnx_path: Path) -> None:
+    """Each weight goes from TensorFlow straight into onnx_path's external data file: one weight in memory at a time."""
     graph_inputs = {value.name: value for value in proto.graph.input}
-    for name, variable in weights.items():
-        value = graph_inputs.pop(f"{name}:0", None) or graph_inputs.pop(name, None)
-        if value is None:  # tf2onnx dropped an unused weight
-            continue
-        proto.graph.input.remove(value)
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(variable.numpy()), value.name))
+    data_file = data_file_of(onnx_path)
+    with data_file.open("wb") as data:
+        for name, variable in weights.items():
+            value = graph_inputs.pop(f"{name}:0", None) or graph_inputs.pop(name, None)
+            if value is None:  # tf2onnx dropped an unused weight
+                continue
+            proto.graph.input.remove(value)
+            append_external_tensor(proto.graph.initializer.add(name=value.name), variable.numpy(), data, data_file.name)
 
 
 def _fold_weight_transforms(source: Path, folded: Path) -> onnx.ModelProto:
