@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ConverterRoute = Literal["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -80,11 +80,37 @@ class BenchmarkConfig(_Section):
     screening_runs: int = Field(30, ge=3, description="Timed runs per candidate while tuning.")
 
 
+VariantKind = Literal["fp16", "int8_dynamic", "int8_static"]
+# fp16 rounds each value to 11 significant bits (relative error ~5e-4 per op): 0.999 leaves room for depth and still
+# catches a broken graph. int8: the stage's int8_static of a small trained convnet measured 0.9994-0.9997 against
+# Keras, the same model with saturating full-range int8 weights 0.966 (onnx_stage/quantize.py): 0.99 tells them apart.
+DEFAULT_MIN_COSINE: dict[str, float] = {"fp16": 0.999, "int8_dynamic": 0.99, "int8_static": 0.99}
+# int8 exists to be faster; fp16 exists for its size (on this CPU it ran at 0.87-0.93x the fp32 speed)
+DEFAULT_MIN_SPEEDUP: dict[str, float | None] = {"fp16": None, "int8_dynamic": 1.0, "int8_static": 1.0}
+
+
 class VariantConfig(_Section):
-    kind: Literal["fp16", "int8_dynamic"] = Field(..., description="fp16 weights, or dynamic int8 quantisation.")
+    kind: VariantKind = Field(..., description="fp16 weights, dynamic int8 (matrix products), or static QDQ int8.")
     atol: float = Field(..., ge=0, description="Absolute tolerance of this variant vs Keras.")
     rtol: float = Field(..., ge=0, description="Relative tolerance of this variant vs Keras.")
     min_argmax_agreement: float = Field(0.99, ge=0, le=1, description="Classifier rows whose argmax must agree.")
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="Lowest cosine similarity of each output to Keras on every case (default 0.999 fp16, 0.99 int8).")
+    min_speedup: float | None = Field(
+        None, gt=0, description="Registered only if fp32 p50 / variant p50 at batch 1 exceeds this (default 1.0 "
+                                "for int8 kinds; null for fp16, kept for its size). Needs the benchmark enabled.")
+    calibration_rows: int = Field(
+        32, ge=1, description="int8_static: input rows (validation.sample_data, else generated) its activation "
+                              "ranges are calibrated on; calibration memory grows with rows × activation size.")
+
+    @model_validator(mode="after")
+    def _defaults_by_kind(self) -> "VariantConfig":
+        if self.min_cosine is None:
+            self.min_cosine = DEFAULT_MIN_COSINE[self.kind]
+        if "min_speedup" not in self.model_fields_set:
+            self.min_speedup = DEFAULT_MIN_SPEEDUP[self.kind]
+        return self
 
 
 class RegisterConfig(_Section):

@@ -7,11 +7,12 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from onnx_stage.config import BenchmarkConfig
+from onnx_stage.config import BenchmarkConfig, VariantConfig
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
 from onnx_stage.timing import latency_stats, time_interleaved
+from onnx_stage.variants import speed_refusal, variant_runtime
 from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
 
 
@@ -31,7 +32,7 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
                                       min_runs=config.timed_runs, min_seconds=config.min_seconds)
         rows.append(latency_stats(KERAS, batch_size, keras_durations))
         runners = {name: session_runner(onnx_model, options, inputs) for name, options in candidates.items()}
-        runners |= {f"onnxruntime {v.kind}": session_runner(v.onnx_model, candidates.get(ORT_TUNED, {}), inputs)
+        runners |= {variant_runtime(v.kind): session_runner(v.onnx_model, candidates.get(ORT_TUNED, {}), inputs)
                     for v in variants}
         timings = time_interleaved(runners, config.warmup_runs, config.timed_runs, config.min_seconds)
         rows += [latency_stats(name, batch_size, durations) for name, durations in timings.items()]
@@ -68,7 +69,23 @@ def session_runner(onnx_model: OnnxArtifacts, options: SessionOptionsDict,
     return lambda: session.run(None, feed)
 
 
+def refuse_slower_variants(variants: list[VariantOutcome], bench: BenchReport,
+                           configs: list[VariantConfig]) -> list[VariantOutcome]:
+    """The outcomes (one per configured variant, in config order) with those that failed their speed gate refused."""
+    gated = []
+    for variant, config in zip(variants, configs, strict=True):
+        refused = variant.refused or speed_refusal(variant.kind, config.min_speedup, bench)
+        gated.append(variant.model_copy(update={"refused": refused, "parity": None if refused else variant.parity}))
+    return gated
+
+
 @task(name="benchmark", cache_policy=NO_CACHE)
 def benchmark(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: BenchmarkConfig,
               variants: list[VariantOutcome]) -> BenchReport:
     return measure_latency(source, onnx_model, worker, config, variants)
+
+
+@task(name="speed-gate-variants", cache_policy=NO_CACHE)
+def gate_variant_speed(variants: list[VariantOutcome], bench: BenchReport,
+                       configs: list[VariantConfig]) -> list[VariantOutcome]:
+    return refuse_slower_variants(variants, bench, configs)
