@@ -8,9 +8,9 @@ from onnx_stage.sources.tabular import INPUT, TabularModel
 
 
 def convert(model: TabularModel, opset: int) -> onnx.ModelProto:
-    final = model.estimator.steps[-1][1] if isinstance(model.estimator, Pipeline) else model.estimator
+    final = model.native.steps[-1][1] if isinstance(model.native, Pipeline) else model.native
     return skl2onnx.convert_sklearn(
-        model.estimator, initial_types=[(INPUT, FloatTensorType([None, model.n_features]))], target_opset=opset,
+        model.native, initial_types=[(INPUT, FloatTensorType([None, model.n_features]))], target_opset=opset,
         options={id(final): {"zipmap": False}} if model.is_classifier else None)
 
 

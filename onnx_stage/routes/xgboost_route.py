@@ -10,7 +10,7 @@ from onnx_stage.sources.tabular import INPUT, TabularModel
 
 def convert(model: TabularModel, opset: int) -> onnx.ModelProto:
     target_opset = min(opset, get_maximum_opset_supported())
-    proto = onnxmltools.convert_xgboost(model.estimator, initial_types=[(INPUT, FloatTensorType([None, model.n_features]))],
+    proto = onnxmltools.convert_xgboost(model.native, initial_types=[(INPUT, FloatTensorType([None, model.n_features]))],
                                         target_opset=target_opset)
     if not any(entry.domain in ("", "ai.onnx") for entry in proto.opset_import):
         # a graph of ai.onnx.ml operators only imports no standard opset; declare the one it was converted for

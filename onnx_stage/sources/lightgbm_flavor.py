@@ -1,6 +1,6 @@
-"""LightGBM models (LGBMClassifier/LGBMRegressor) from an MLflow `lightgbm` flavor, converted by onnxmltools'
-convert_lightgbm. This module is also the operations module the child serves for the kind: tabular.py's operations
-with this load_model."""
+"""LightGBM models (LGBMClassifier/LGBMRegressor, or a lightgbm.train Booster) from an MLflow `lightgbm` flavor,
+converted by onnxmltools' convert_lightgbm. This module is also the operations module the child serves for the kind:
+tabular.py's operations with this load_model."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from onnx_stage.sources.kind import SourceKind, flavor_model_dir
-from onnx_stage.sources.tabular import (SplitThresholds, convert, describe_boosting_model,  # noqa: F401
-                                        explain_mismatch, input_hints, layer_outputs, predict, time_predict)
+from onnx_stage.sources.tabular import (RawBooster, SplitThresholds, convert,  # noqa: F401
+                                        describe_boosting_model, explain_mismatch, input_hints, layer_outputs,
+                                        predict, time_predict)
 
-LIGHTGBM = SourceKind(name="lightgbm", detected_by="an MLflow lightgbm flavor (scikit-learn API model)",
+LIGHTGBM = SourceKind(name="lightgbm", detected_by="an MLflow lightgbm flavor",
                       operations=__name__, from_flavors=flavor_model_dir("lightgbm"),
                       own_routes=("onnxmltools_lightgbm",))
 
@@ -21,7 +22,16 @@ def load_model(state: dict[str, Any], model_file: str, custom_object_modules: tu
     import mlflow.lightgbm
 
     model = mlflow.lightgbm.load_model(model_file)
-    return describe_boosting_model(state, model, lightgbm, lambda: split_thresholds(model.booster_))
+    booster = model if isinstance(model, lightgbm.Booster) else model.booster_
+    return describe_boosting_model(state, model, lightgbm, raw_booster, lambda: split_thresholds(booster))
+
+
+def raw_booster(booster: Any) -> RawBooster:
+    """lightgbm.train's Booster: binary and multiclass objectives are classifiers (0..k-1), the others regressors."""
+    dump = booster.dump_model()
+    objective = dump["objective"].split()[0]
+    classes = {"binary": 2, "multiclass": dump["num_class"], "multiclassova": dump["num_class"]}.get(objective)
+    return RawBooster(booster.predict, booster.num_feature(), classes)
 
 
 def split_thresholds(booster: Any) -> SplitThresholds:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from onnx_stage.sources.kind import SourceKind, flavor_model_dir
-from onnx_stage.sources.tabular import (convert, describe, explain_mismatch, input_hints,  # noqa: F401
-                                        layer_outputs, predict, time_predict)
+from onnx_stage.sources.tabular import (TabularModel, convert, describe, explain_mismatch,  # noqa: F401
+                                        input_hints, layer_outputs, predict, time_predict)
 
 SKLEARN = SourceKind(name="sklearn", detected_by="an MLflow sklearn flavor (estimator or pipeline)",
                      operations=__name__, from_flavors=flavor_model_dir("sklearn"), own_routes=("skl2onnx",))
@@ -23,5 +23,5 @@ def load_model(state: dict[str, Any], model_file: str, custom_object_modules: tu
     if not hasattr(estimator, "n_features_in_"):
         raise ValueError(f"the {type(estimator).__name__} in {model_file} does not say how many features it takes "
                          "(no n_features_in_): log a fitted scikit-learn estimator or pipeline")
-    return describe(state, estimator, int(estimator.n_features_in_), is_classifier(estimator),
-                    {"scikit-learn": sklearn.__version__}, lambda: {})
+    model = TabularModel(estimator, estimator, int(estimator.n_features_in_), is_classifier(estimator))
+    return describe(state, model, {"scikit-learn": sklearn.__version__}, lambda: {})

@@ -26,41 +26,59 @@ SplitThresholds = dict[int, np.ndarray]  # input feature → the float64 thresho
 
 @dataclass(frozen=True)
 class TabularModel:
-    """What a route converts: the native estimator and its input width."""
-    estimator: Any
+    estimator: Any  # what validation and the benchmark call: predict, predict_proba
+    native: Any  # what the route converts: the same estimator, or the raw booster behind a RawBooster
     n_features: int
     is_classifier: bool
 
 
-def describe(state: State, estimator: Any, n_features: int, is_classifier: bool, library_versions: dict[str, str],
+class RawBooster:
+    """A booster from lightgbm.train / xgboost.train behind the scikit-learn calls validation makes: probabilities
+    as the converters output them (a binary model's as two columns), labels as their argmax."""
+
+    def __init__(self, predict_raw: Callable[[np.ndarray], np.ndarray], n_features: int, classes: int | None) -> None:
+        self._predict_raw, self.n_features_in_ = predict_raw, n_features
+        self.classes_ = np.arange(classes) if classes else None
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        scores = self._predict_raw(features)
+        return np.column_stack([1 - scores, scores]) if scores.ndim == 1 else scores
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if self.classes_ is None:
+            return self._predict_raw(features)
+        return self.classes_[self.predict_proba(features).argmax(axis=1)]
+
+
+def describe(state: State, model: TabularModel, library_versions: dict[str, str],
              split_thresholds: Callable[[], SplitThresholds]) -> dict[str, Any]:
     """Remember the loaded model in the child's state and return its interface for SourceModel. split_thresholds
     gives the float64 thresholds whose float32 rounding could change a decision ({} when the converter keeps every
     decision, or the framework splits in float32 itself)."""
-    if is_classifier and not np.issubdtype(np.asarray(estimator.classes_).dtype, np.number):
-        raise ValueError(f"the classifier's class labels are {np.asarray(estimator.classes_).dtype} "
-                         f"({list(estimator.classes_)[:3]}...); only numeric class labels are supported: encode them "
-                         "as integers (sklearn.preprocessing.LabelEncoder) before training")
-    state.update(model=TabularModel(estimator, n_features, is_classifier), split_thresholds=split_thresholds)
-    classes = len(estimator.classes_) if is_classifier else None
+    classes = np.asarray(model.estimator.classes_) if model.is_classifier else None
+    if classes is not None and not np.issubdtype(classes.dtype, np.number):
+        raise ValueError(f"the classifier's class labels are {classes.dtype} ({list(classes)[:3]}...); only numeric "
+                         "class labels are supported: encode them as integers (sklearn.preprocessing.LabelEncoder) "
+                         "before training")
+    state.update(model=model, split_thresholds=split_thresholds)
     outputs = ([{"name": "label", "shape": [None], "dtype": "int64"},
-                {"name": "probabilities", "shape": [None, classes], "dtype": "float32"}] if is_classifier
+                {"name": "probabilities", "shape": [None, len(classes)], "dtype": "float32"}] if model.is_classifier
                else [{"name": "variable", "shape": [None, 1], "dtype": "float32"}])
-    return {"inputs": [{"name": INPUT, "shape": [None, n_features], "dtype": "float32"}], "outputs": outputs,
+    return {"inputs": [{"name": INPUT, "shape": [None, model.n_features], "dtype": "float32"}], "outputs": outputs,
             "library_versions": library_versions, "weights_bytes": None}
 
 
-def describe_boosting_model(state: State, model: Any, framework: ModuleType,
+def describe_boosting_model(state: State, model: Any, framework: ModuleType, raw_booster: Callable[[Any], RawBooster],
                             split_thresholds: Callable[[], SplitThresholds]) -> dict[str, Any]:
-    """describe() for a LightGBM or XGBoost model, which validation needs in its scikit-learn API form."""
+    """describe() for a LightGBM or XGBoost model: its scikit-learn API model, or a raw booster seen through one."""
     from sklearn.base import is_classifier
 
     if isinstance(model, framework.Booster):
-        raise ValueError(f"the version holds a raw {framework.__name__}.Booster ({framework.__name__}.train): log "
-                         f"the scikit-learn API model instead ({framework.__name__}'s Classifier/Regressor classes), "
-                         "whose predict and predict_proba validation compares with")
-    return describe(state, model, int(model.n_features_in_), is_classifier(model),
-                    {framework.__name__: framework.__version__}, split_thresholds)
+        estimator = raw_booster(model)
+        tabular = TabularModel(estimator, model, estimator.n_features_in_, estimator.classes_ is not None)
+    else:
+        tabular = TabularModel(model, model, int(model.n_features_in_), is_classifier(model))
+    return describe(state, tabular, {framework.__name__: framework.__version__}, split_thresholds)
 
 
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:

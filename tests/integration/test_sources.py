@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import mlflow.lightgbm
+import mlflow.xgboost
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -117,7 +119,6 @@ def log_sklearn(name: str) -> tuple[object, np.ndarray]:
 
 def log_lightgbm(name: str) -> tuple[object, np.ndarray]:
     import lightgbm
-    import mlflow.lightgbm
     from sklearn.datasets import load_breast_cancer
 
     features, labels = load_breast_cancer(return_X_y=True)
@@ -128,7 +129,6 @@ def log_lightgbm(name: str) -> tuple[object, np.ndarray]:
 
 
 def log_xgboost(name: str) -> tuple[object, np.ndarray]:
-    import mlflow.xgboost
     import xgboost
     from sklearn.datasets import load_diabetes
 
@@ -164,11 +164,41 @@ def test_tabular_flavor_version_converts_and_matches_its_native_predict(
         assert metrics["latency.onnxruntime_default.batch8.p50_ms"] > 0 and metrics["latency.keras.batch8.p50_ms"] > 0
 
 
+@pytest.mark.parametrize("framework", ["lightgbm", "xgboost"])
+def test_a_raw_booster_version_converts_and_matches_its_predict(stage: str, framework: str) -> None:
+    """lightgbm.train / xgboost.train give a Booster, not a scikit-learn API model: its predict is the probability."""
+    import lightgbm
+    import xgboost
+    from sklearn.datasets import load_breast_cancer
+
+    features, labels = load_breast_cancer(return_X_y=True)
+    features = features.astype("float32")
+    name = f"cancer-{framework}-booster"
+    with mlflow.start_run():
+        if framework == "lightgbm":
+            booster = lightgbm.train({"objective": "binary", "num_leaves": 8, "verbose": -1},
+                                     lightgbm.Dataset(features, labels), num_boost_round=10)
+            mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name, input_example=features[:8],
+                                      pip_requirements=TABULAR_REQUIREMENTS)
+            positive = booster.predict(features[::20])
+        else:
+            booster = xgboost.train({"objective": "binary:logistic", "max_depth": 3}, xgboost.DMatrix(features, labels),
+                                    num_boost_round=10)
+            mlflow.xgboost.log_model(booster, name="model", registered_model_name=name, input_example=features[:8],
+                                     pip_requirements=TABULAR_REQUIREMENTS)
+            positive = booster.predict(xgboost.DMatrix(features[::20]))
+
+    twin = convert_model(model_name=name, version="1", config=load_config(overrides=NO_BENCHMARK))
+
+    outputs = consumer_outputs(twin.uri, features[::20])
+    np.testing.assert_allclose(outputs["probabilities"][:, 1], positive, atol=1e-5)
+    np.testing.assert_array_equal(outputs["label"], positive > 0.5)
+
+
 def test_a_value_on_a_float32_rounded_lightgbm_split_is_reported_and_nothing_registered(stage: str) -> None:
     """LightGBM splits between the adjacent float32 values a < b at a float64 midpoint that float32 rounds up to b:
     LightGBM sends b right, the float32 ONNX tree ensemble left."""
     import lightgbm
-    import mlflow.lightgbm
 
     a = np.nextafter(np.float32(16), np.float32(32))  # odd last mantissa bit: the midpoint's tie rounds up to b
     b = np.nextafter(a, np.float32(32))
