@@ -14,7 +14,7 @@ from onnx_stage.config import StageConfig, load_config
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
-from tasks.benchmark import benchmark
+from tasks.benchmark import benchmark, gate_variant_speed
 from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
@@ -59,6 +59,8 @@ def convert_model(
         accepted = [variant for variant in variants if variant.parity]
         bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
         bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)
+        variants = gate_variant_speed(variants, bench, config.variants)
+        accepted = [variant for variant in variants if variant.parity]
         worker.close()
         with transaction():
             twin = register(source, packaged, onnx_model, parity, bench, config, work_dir)

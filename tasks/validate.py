@@ -18,7 +18,9 @@ from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_interm
 from onnx_stage.parity import compare_output, output_passes
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import SessionOptionsDict, open_session
-from onnx_stage.variants import build_variant
+from onnx_stage.quantize import calibration_inputs
+from onnx_stage.variants import (CALIBRATED_KINDS, build_variant, cosine_refusal, keras_outputs_per_case,
+                                 vacuous_refusal)
 from tasks.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
                            ValidationInputs, VariantOutcome)
 
@@ -129,11 +131,14 @@ def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, 
 
 def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
                   work_dir: Path) -> list[VariantOutcome]:
-    """Build each configured variant and hold it to its own tolerances against Keras; refuse those that fail."""
+    """Build each configured variant and hold it to its own gate against Keras (onnx_stage/variants.py: tolerances,
+    argmax agreement, cosine floor, and a gate that can tell an input-blind model); refuse those that fail."""
     outcomes = []
     for variant in config.variants:
         variant_dir = work_dir / variant.kind
-        variant_path = build_variant(variant.kind, onnx_model.onnx_path, variant_dir)
+        calibration = (calibration_inputs(source, worker, config.validation, variant.calibration_rows)
+                       if variant.kind in CALIBRATED_KINDS else None)
+        variant_path = build_variant(variant.kind, onnx_model.onnx_path, variant_dir, calibration)
         artifacts = onnx_model.model_copy(update={
             "onnx_path": variant_path, "json_path": variant_dir / "model.json", "text_path": variant_dir / "model.onnx.txt"})
         write_renderings(onnx.load(str(variant_path)), artifacts.json_path, artifacts.text_path,
@@ -150,7 +155,9 @@ def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasW
         except StageError as refusal:
             outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=str(refusal)))
             continue
-        outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, parity=parity))
+        refused = cosine_refusal(parity, variant) or vacuous_refusal(*keras_outputs_per_case(parity), variant)
+        outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, parity=None if refused else parity,
+                                       refused=refused))
     return outcomes
 
 
