@@ -13,7 +13,7 @@ from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
 from onnx_stage.timing import latency_stats, time_interleaved
 from onnx_stage.variants import speed_refusal, variant_runtime
-from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
+from tasks.records import ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
 
 
 def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker,
@@ -30,7 +30,7 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
     for batch_size, inputs in batches.items():
         keras_durations = worker.call("time_predict", inputs=inputs, warmup_runs=config.warmup_runs,
                                       min_runs=config.timed_runs, min_seconds=config.min_seconds)
-        rows.append(latency_stats(KERAS, batch_size, keras_durations))
+        rows.append(latency_stats(source.native_runtime, batch_size, keras_durations))
         runners = {name: session_runner(onnx_model, options, inputs) for name, options in candidates.items()}
         runners |= {variant_runtime(v.kind): session_runner(v.onnx_model, candidates.get(ORT_TUNED, {}), inputs)
                     for v in variants}

@@ -42,6 +42,7 @@ def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
         input_example=save_input_example(artifact_dir, inputs, work_dir / "input_example.npz"),
         library_versions=interface["library_versions"],
         weights_bytes=interface["weights_bytes"],
+        native_runtime=source.kind.native_runtime,
     )
 
 

@@ -56,6 +56,7 @@ class SourceModel(Record):
     input_example: Path | None = Field(None, description=".npz of the version's input example, if it has one.")
     library_versions: dict[str, str] = {}
     weights_bytes: int | None = Field(None, description="Size of the model's weights in memory.")
+    native_runtime: str = Field("keras", description="What the benchmark times the ONNX twin against, e.g. lightgbm.")
 
 
 class OnnxArtifacts(Record):
@@ -136,10 +137,12 @@ class BenchReport(Record):
     def registered_runtime(self) -> str:
         return ORT_TUNED if self.session_options else ORT_DEFAULT
 
-    def speedup(self, batch_size: int, baseline: str = KERAS, runtime: str | None = None) -> float | None:
-        """p50 of baseline / p50 of runtime (default: the registered onnxruntime configuration)."""
+    def speedup(self, batch_size: int, baseline: str | None = None, runtime: str | None = None) -> float | None:
+        """p50 of baseline (default: the source's native runtime, e.g. keras) / p50 of runtime (default: the
+        registered onnxruntime configuration)."""
         runtime = runtime or self.registered_runtime
         by_runtime = {r.runtime: r for r in self.rows if r.batch_size == batch_size}
+        baseline = baseline or next((name for name in by_runtime if not name.startswith("onnxruntime")), KERAS)
         if {baseline, runtime} <= by_runtime.keys():
             return by_runtime[baseline].p50_ms / by_runtime[runtime].p50_ms
         return None

@@ -22,6 +22,7 @@ class SourceKind:
     from_flavors: Callable[[Path, Flavors], Path | None] = lambda location, flavors: None
     from_files: Callable[[Path], list[Path]] = lambda location: []
     own_routes: tuple[str, ...] = ()  # empty: the configured Keras routes (convert.routes)
+    native_runtime: str = "keras"  # the benchmark's name for the source's own predict
 
     def routes(self, configured: list[str]) -> list[str]:
         return list(self.own_routes) or configured

@@ -14,7 +14,7 @@ from onnx_stage.sources.tabular import (RawBooster, SplitThresholds, convert,  #
 
 LIGHTGBM = SourceKind(name="lightgbm", detected_by="an MLflow lightgbm flavor",
                       operations=__name__, from_flavors=flavor_model_dir("lightgbm"),
-                      own_routes=("onnxmltools_lightgbm",))
+                      own_routes=("onnxmltools_lightgbm",), native_runtime="lightgbm")
 
 
 def load_model(state: dict[str, Any], model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def _from_files(location: Path) -> list[Path]:
 SAVED_MODEL = SourceKind(
     name="saved_model", detected_by="a TensorFlow SavedModel directory (saved_model.pb), or an MLflow tensorflow "
                                     "flavor holding one", operations=__name__,
-    from_flavors=_from_flavors, from_files=_from_files, own_routes=("tf2onnx_saved_model",))
+    from_flavors=_from_flavors, from_files=_from_files, own_routes=("tf2onnx_saved_model",),
+    native_runtime="tensorflow")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from onnx_stage.sources.tabular import (TabularModel, convert, describe, explain
                                         input_hints, layer_outputs, predict, time_predict)
 
 SKLEARN = SourceKind(name="sklearn", detected_by="an MLflow sklearn flavor (estimator or pipeline)",
-                     operations=__name__, from_flavors=flavor_model_dir("sklearn"), own_routes=("skl2onnx",))
+                     operations=__name__, from_flavors=flavor_model_dir("sklearn"), own_routes=("skl2onnx",),
+                     native_runtime="scikit-learn")
 
 
 def load_model(state: dict[str, Any], model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from onnx_stage.sources.tabular import (RawBooster, convert, describe_boosting_m
 
 XGBOOST = SourceKind(name="xgboost", detected_by="an MLflow xgboost flavor",
                      operations=__name__, from_flavors=flavor_model_dir("xgboost"),
-                     own_routes=("onnxmltools_xgboost",))
+                     own_routes=("onnxmltools_xgboost",), native_runtime="xgboost")
 
 
 def load_model(state: dict[str, Any], model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:
