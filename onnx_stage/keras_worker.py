@@ -3,20 +3,25 @@ process per flow run.
 
 TensorFlow costs ~800 MB that it never gives back, and a hung or exploding conversion ignores Prefect's
 timeouts inside a thread; in a child process it can be killed. The parent talks to the child over a pipe:
-one request, one answer, each bounded by a timeout. The child serves the operations of one module (load_model,
+one request, one answer, each bounded by a timeout. Requests run concurrently (one thread each in the child), so
+the parent can have Keras predict while the same child converts. The child serves the operations of one module (load_model,
 convert, predict, time_predict, layer_outputs, input_hints): the source kind's (onnx_stage/sources/), Keras'
 by default.
 """
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,11 @@ class KerasWorker:
         )
         child_end.close()
         self.operations, self._closed = operations, False
+        self._request_ids, self._sending = itertools.count(), threading.Lock()
+        self._waiting: dict[int, Future] = {}
+        self._reader = threading.Thread(target=_read_answers, args=(parent_end, self._waiting, self._sending), daemon=True)
+        self._reader.start()
+
 
     def serve(self, operations: str) -> None:
         """Make the child serve `operations` (a source kind's module): a child serving another module is replaced,
@@ -73,22 +83,28 @@ class KerasWorker:
             raise WorkerError(f"cannot run {operation}: the child process was already stopped")
         if self._process.poll() is not None:
             raise WorkerError(f"the child process is gone ({self._exit_reason()}){self._log_tail()}")
-        self._conn.send((operation, kwargs))
-        return PendingCall(self, operation)
+        answer: Future = Future()
+        with self._sending:
+            request_id = next(self._request_ids)
+            self._waiting[request_id] = answer
+            self._conn.send((request_id, operation, kwargs))
+        return PendingCall(self, operation, answer)
 
-    def _receive(self, operation: str) -> Any:
-        if not self._conn.poll(self.timeout_seconds):
+    def _receive(self, operation: str, answer: Future) -> Any:
+        try:
+            status, payload = answer.result(timeout=self.timeout_seconds)
+        except FutureTimeout:
             self.close()
             raise WorkerError(
                 f"{operation} (in the model's child process) took longer than {self.timeout_seconds:.0f} s and was killed; "
                 "raise convert.timeout_seconds if the model is just big"
-            )
-        try:
-            status, payload = self._conn.recv()
-        except (EOFError, ConnectionResetError):
+            ) from None
+        if status == "gone":
+            if self._closed:
+                raise WorkerError(f"the child process was stopped during {operation}")
             self._process.wait(timeout=10)
             raise WorkerError(f"the child process died during {operation} ({self._exit_reason()})"
-                              f"{self._log_tail()}") from None
+                              f"{self._log_tail()}")
         if status == "error":
             raise WorkerError(payload)
         return payload
@@ -100,6 +116,7 @@ class KerasWorker:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+        self._reader.join(timeout=10)  # the child's end closed with it: the reader sees EOF and fails what waits
         self._conn.close()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
@@ -117,33 +134,58 @@ class KerasWorker:
         return ("; last output: " + " | ".join(lines)) if lines else ""
 
 
+def _read_answers(conn: Connection, waiting: dict[int, Future], lock: threading.Lock) -> None:
+    """Hand each answer to the request it belongs to; when the child is gone, "gone" to every request still waiting."""
+    while True:
+        try:
+            request_id, status, payload = conn.recv()
+        except (EOFError, OSError):
+            break
+        with lock:
+            future = waiting.pop(request_id, None)
+        if future is not None:
+            future.set_result((status, payload))
+    with lock:
+        for future in waiting.values():
+            future.set_result(("gone", None))
+        waiting.clear()
+
+
 class PendingCall:
     """A request the child is working on; result() waits for its answer (bounded by the worker's timeout)."""
 
-    def __init__(self, worker: KerasWorker, operation: str) -> None:
-        self._worker, self._operation = worker, operation
+    def __init__(self, worker: KerasWorker, operation: str, answer: Future) -> None:
+        self._worker, self._operation, self._answer = worker, operation, answer
 
     def result(self) -> Any:
-        return self._worker._receive(self._operation)
+        return self._worker._receive(self._operation, self._answer)
 
 
 def _serve(conn: Connection, operations_module: str) -> None:
     operations = importlib.import_module(operations_module)  # Keras': imports TensorFlow; the parent never does
     state: dict[str, Any] = {}
+    sending = threading.Lock()
     while True:
         try:
-            operation, kwargs = conn.recv()
+            request_id, operation, kwargs = conn.recv()
         except EOFError:
             return
+        threading.Thread(target=_answer, args=(conn, sending, operations, state, request_id, operation, kwargs),
+                         daemon=True).start()
+
+
+def _answer(conn: Connection, sending: threading.Lock, operations: Any, state: dict[str, Any], request_id: int,
+            operation: str, kwargs: dict[str, Any]) -> None:
+    try:
+        answer = ("ok", getattr(operations, operation)(state, **kwargs))
+    except Exception as error:  # every failure goes back to the parent as one readable line
+        detail = traceback.format_exc(limit=-3) if os.environ.get("ONNX_STAGE_DEBUG") else ""
+        answer = ("error", f"{type(error).__name__}: {error}{detail}")
+    with sending:
         try:
-            answer = ("ok", getattr(operations, operation)(state, **kwargs))
-        except Exception as error:  # every failure goes back to the parent as one readable line
-            detail = traceback.format_exc(limit=-3) if os.environ.get("ONNX_STAGE_DEBUG") else ""
-            answer = ("error", f"{type(error).__name__}: {error}{detail}")
-        try:
-            conn.send(answer)
+            conn.send((request_id, *answer))
         except (pickle.PicklingError, TypeError) as error:
-            conn.send(("error", f"cannot send the result of {operation} back: {error}"))
+            conn.send((request_id, "error", f"cannot send the result of {operation} back: {error}"))
 
 
 if __name__ == "__main__":

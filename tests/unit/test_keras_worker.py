@@ -1,5 +1,6 @@
 """The Keras child process: answers, readable errors, and a hard timeout that kills it."""
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,47 @@ def test_a_started_call_lets_the_parent_work_until_it_asks_for_the_answer(tmp_pa
             pending.result()
         with pytest.raises(WorkerError, match="FileNotFoundError|No such file"):
             worker.call("load_model", model_file=str(tmp_path / "missing.h5"))
+
+
+OPERATIONS = '''
+import os, time
+
+def nap(state, seconds):
+    time.sleep(seconds)
+    return seconds
+
+def die(state):
+    os._exit(3)
+'''
+
+
+@pytest.fixture
+def napping_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "napping_ops.py").write_text(OPERATIONS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with KerasWorker(timeout_seconds=60, operations="napping_ops") as worker:
+        yield worker
+
+
+def test_requests_run_concurrently_and_each_answer_reaches_its_caller(napping_worker: KerasWorker) -> None:
+    slow = napping_worker.start("nap", seconds=3.0)
+    started = time.perf_counter()
+    assert napping_worker.call("nap", seconds=0.0) == 0.0  # answered while the slow request still sleeps
+    assert time.perf_counter() - started < 2.5
+    assert not slow._answer.done()
+    assert slow.result() == 3.0
+
+
+def test_a_child_that_dies_fails_every_waiting_request(napping_worker: KerasWorker) -> None:
+    slow = napping_worker.start("nap", seconds=30.0)
+    with pytest.raises(WorkerError, match="died during die .exit code 3"):
+        napping_worker.call("die")
+    with pytest.raises(WorkerError, match="died during nap"):
+        slow.result()
+
+
+def test_closing_the_worker_fails_a_waiting_request_with_a_clear_reason(napping_worker: KerasWorker) -> None:
+    slow = napping_worker.start("nap", seconds=30.0)
+    napping_worker.close()
+    with pytest.raises(WorkerError, match="stopped during nap"):
+        slow.result()
