@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TARGETS = {"mlp": 1.6, "mobilenetv2": 1.3}
 LABELS = {"mlp": "digits MLP (64→64 relu→10 softmax)", "mobilenetv2": "MobileNetV2(weights=None)"}
-TASK_ORDER = ["load", "find-existing-twin", "convert", "choose-validation-inputs", "package", "validate",
+TASK_ORDER = ["warm-up-packaging", "load", "find-existing-twin", "convert", "choose-validation-inputs", "package", "validate",
               "validate-variants", "benchmark", "register",
               "check-consumer-load", "publish", "summarise"]
 

@@ -18,8 +18,9 @@ from tasks.benchmark import benchmark, gate_variant_speed
 from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import find_twin, package, publish, register
-from tasks.validate import check_consumer, check_served_options, validate, validate_variants, validation_cases
+from tasks.register import find_twin, package, publish, register, warm_up_packaging
+from tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs, validate,
+                            validate_variants, validation_cases)
 
 
 @task(name="summarise", cache_policy=NO_CACHE)
@@ -43,19 +44,28 @@ def convert_model(
     with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
             KerasWorker(config.convert.timeout_seconds) as worker:
         work_dir = Path(scratch)
+        warmed = warm_up_packaging.submit()  # runs while the child loads the model
         source = load(ref, worker, work_dir, config.convert.custom_object_modules)
         if existing := find_twin(source, config):
+            warmed.wait()
             print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
             publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
             return existing
-        onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
         inputs = validation_cases(source, worker, config.validation, work_dir)
-        packaged = package.submit(onnx_model, inputs, work_dir)  # local files only: registered after validation
+        converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
+        predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
+                                           wait_for=[] if predicts_during_conversion(source) else [converting])
         try:
-            parity = validate(source, onnx_model, inputs, worker, config.validation, work_dir)
+            onnx_model = converting.result()
         finally:
-            packaged.wait()  # it writes into the scratch directory a failed validation removes
-        variants = validate_variants(source, onnx_model, worker, config, work_dir)
+            predicting.wait()  # both write into the scratch directory a failure removes
+        # local files only, registered after validation
+        packaged = package.submit(onnx_model, inputs, work_dir, wait_for=[warmed])
+        try:
+            parity = validate(source, onnx_model, inputs, predicting.result(), worker, config.validation, work_dir)
+        finally:
+            packaged.wait()
+        variants = validate_variants(source, onnx_model, worker, config, work_dir, inputs, parity.keras_outputs)
         accepted = [variant for variant in variants if variant.parity]
         bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
         bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)

@@ -54,8 +54,10 @@ def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    outputs = state["model"].predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
-    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    """The reference outputs validation compares with: an eager call, because predict_on_batch traces a graph
+    for the first batch size and again for the second (MobileNetV2: 3.6 s for batch 1 + 16 vs 1.7 s eager)."""
+    outputs = state["model"](inputs if len(inputs) > 1 else inputs[0], training=False)
+    return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)]
 
 
 def time_predict(state: State, inputs: list[np.ndarray], warmup_runs: int, min_runs: int,

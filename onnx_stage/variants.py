@@ -78,15 +78,6 @@ def vacuous_outputs(keras_cases: list[list[np.ndarray]], output_names: list[str]
     return [name for name in output_names if name not in informative]
 
 
-def keras_outputs_per_case(report: ParityReport) -> tuple[list[list[np.ndarray]], list[str]]:
-    """Keras' outputs on every validation case of a parity report, and the output names."""
-    output_names = [output.output for output in report.cases[0].outputs]
-    with np.load(report.keras_outputs) as keras:
-        keras_cases = [[keras[f"case{i}_output{k}"] for k in range(len(output_names))]
-                       for i in range(len(report.cases))]
-    return keras_cases, output_names
-
-
 def vacuous_refusal(keras_cases: list[list[np.ndarray]], output_names: list[str],
                     variant: VariantConfig) -> str | None:
     """Why the variant's gate proves nothing on this model (see vacuous_outputs), or None."""

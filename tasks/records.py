@@ -71,6 +71,50 @@ class OnnxArtifacts(Record):
     conversion_peak_rss_bytes: int | None = Field(None, description="Peak RSS of the Keras child while converting.")
 
 
+def _save_cases(path: Path, role: str, arrays_per_case: list[list[np.ndarray]]) -> None:
+    np.savez(path, **{f"case{i}_{role}{k}": array for i, arrays in enumerate(arrays_per_case)
+                      for k, array in enumerate(arrays)})
+
+
+def _read_cases(path: Path, role: str, cases: int, arrays_per_case: int) -> list[list[np.ndarray]]:
+    with np.load(path) as saved:
+        return [[saved[f"case{i}_{role}{k}"] for k in range(arrays_per_case)] for i in range(cases)]
+
+
+class ValidationInputs(Record):
+    """The cases validation feeds both models, chosen before any model runs; the first is the reference
+    (the version's input example when it has one) that becomes the registered model's input example."""
+
+    path: Path = Field(..., description=".npz with the arrays of case i, input k under `case{i}_input{k}`.")
+    labels: list[str]
+    inputs_per_case: int
+
+    def cases(self) -> list[tuple[str, list[np.ndarray]]]:
+        return list(zip(self.labels, _read_cases(self.path, "input", len(self.labels), self.inputs_per_case)))
+
+    @classmethod
+    def save(cls, cases: list[tuple[str, list[np.ndarray]]], path: Path) -> "ValidationInputs":
+        _save_cases(path, "input", [arrays for _, arrays in cases])
+        return cls(path=path, labels=[label for label, _ in cases], inputs_per_case=len(cases[0][1]))
+
+
+class SourceOutputs(Record):
+    """The source model's outputs on every validation case, predicted once per run: what the ONNX model, each
+    variant and the served session options are held to."""
+
+    path: Path = Field(..., description=".npz with output k of case i under `case{i}_output{k}`.")
+    cases_count: int
+    outputs_per_case: int
+
+    def cases(self) -> list[list[np.ndarray]]:
+        return _read_cases(self.path, "output", self.cases_count, self.outputs_per_case)
+
+    @classmethod
+    def save(cls, outputs_per_case: list[list[np.ndarray]], path: Path) -> "SourceOutputs":
+        _save_cases(path, "output", outputs_per_case)
+        return cls(path=path, cases_count=len(outputs_per_case), outputs_per_case=len(outputs_per_case[0]))
+
+
 class OutputParity(Record):
     output: str
     atol: float
@@ -98,7 +142,7 @@ class ParityReport(Record):
     cases: list[ParityCase]
     reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
     reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
-    keras_outputs: Path | None = Field(None, description=".npz of Keras' outputs on every case: case{i}_output{k}.")
+    keras_outputs: SourceOutputs
 
 
 class VariantOutcome(Record):
@@ -155,23 +199,3 @@ class RegisteredTwin(Record):
     run_id: str
     created: bool = Field(..., description="False when an identical twin already existed (idempotent rerun).")
     variant: str = Field("fp32", description="fp32 (the converted model), or the kind of a smaller variant.")
-
-
-class ValidationInputs(Record):
-    """The cases validation feeds both models, chosen before any model runs; the first is the reference
-    (the version's input example when it has one) that becomes the registered model's input example."""
-
-    path: Path = Field(..., description=".npz with the arrays of case i, input k under `case{i}_input{k}`.")
-    labels: list[str]
-    inputs_per_case: int
-
-    def cases(self) -> list[tuple[str, list[np.ndarray]]]:
-        with np.load(self.path) as arrays:
-            return [(label, [arrays[f"case{i}_input{k}"] for k in range(self.inputs_per_case)])
-                    for i, label in enumerate(self.labels)]
-
-    @classmethod
-    def save(cls, cases: list[tuple[str, list[np.ndarray]]], path: Path) -> "ValidationInputs":
-        np.savez(path, **{f"case{i}_input{k}": array for i, (_, arrays) in enumerate(cases)
-                          for k, array in enumerate(arrays)})
-        return cls(path=path, labels=[label for label, _ in cases], inputs_per_case=len(cases[0][1]))

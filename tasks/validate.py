@@ -19,10 +19,9 @@ from onnx_stage.parity import compare_output, output_passes
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.quantize import calibration_inputs
-from onnx_stage.variants import (CALIBRATED_KINDS, build_variant, cosine_refusal, keras_outputs_per_case,
-                                 vacuous_refusal)
+from onnx_stage.variants import CALIBRATED_KINDS, build_variant, cosine_refusal, vacuous_refusal
 from tasks.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
-                           ValidationInputs, VariantOutcome)
+                           SourceOutputs, ValidationInputs, VariantOutcome)
 
 
 class ParityError(StageError):
@@ -31,44 +30,67 @@ class ParityError(StageError):
         super().__init__(f"ONNX output differs from Keras beyond tolerance, nothing registered: {figures}; {blame}")
 
 
+# Above this, the reference prediction waits for the conversion: its activations on top of the conversion's peak
+# would break the conversion's memory bound (README, convert).
+OVERLAP_MAX_WEIGHTS_BYTES = 64 << 20
+
+
 def choose_inputs(source: SourceModel, worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ValidationInputs:
     return ValidationInputs.save(validation_inputs(source, worker, config), work_dir / "validation_inputs.npz")
 
 
+def predict_source_outputs(worker: KerasWorker, inputs: ValidationInputs, work_dir: Path) -> SourceOutputs:
+    return SourceOutputs.save(keras_outputs(worker, [arrays for _, arrays in inputs.cases()]),
+                              work_dir / "keras_outputs.npz")
+
+
+def predicts_during_conversion(source: SourceModel) -> bool:
+    """Whether the child predicts the reference outputs while it converts (requests run concurrently there): the
+    conversion is mostly single-threaded Python, so a small model's prediction (MobileNetV2: ~2 s) costs no wall time."""
+    return (source.weights_bytes or 0) <= OVERLAP_MAX_WEIGHTS_BYTES
+
+
 def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
-                 work_dir: Path, inputs: ValidationInputs | None = None) -> ParityReport:
+                 work_dir: Path, inputs: ValidationInputs | None = None,
+                 expected: SourceOutputs | None = None) -> ParityReport:
+    """ONNX vs the source model on every validation case; inputs and expected outputs are chosen and predicted
+    here unless the flow already has them."""
     try:
         onnx.checker.check_model(str(onnx_model.onnx_path), full_check=True)
     except onnx.checker.ValidationError as error:
         raise StageError(f"the converted model fails onnx.checker: {str(error).splitlines()[0]}") from None
-    cases = inputs.cases() if inputs else validation_inputs(source, worker, config)
-    case_inputs = [arrays for _, arrays in cases]
+    inputs = inputs or choose_inputs(source, worker, config, work_dir)
+    cases = inputs.cases()
     with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
-        onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, case_inputs)
-        expected_outputs = keras_outputs(worker, case_inputs)
+        onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, [arrays for _, arrays in cases])
+        expected = expected or predict_source_outputs(worker, inputs, work_dir)
         (input_names, output_names), actual_outputs = onnx_run.result()
-
-    report_cases, reference, first_failure = [], None, None
-    for (label, arrays), expected, actual in zip(cases, expected_outputs, actual_outputs):
-        outputs = [compare_output(n, e, a, **config.tolerance_for(n).model_dump())
-                   for n, e, a in zip(output_names, expected, actual)]
-        report_cases.append(ParityCase(label=label, batch_size=len(arrays[0]), outputs=outputs))
-        reference = reference or (arrays, expected)
-        if first_failure is None and not all(output_passes(o, config.min_argmax_agreement) for o in outputs):
-            first_failure = arrays
-
+    expected_outputs = expected.cases()
+    report_cases = compare_cases(cases, expected_outputs, actual_outputs, output_names, config)
+    failing = [arrays for (_, arrays), case in zip(cases, report_cases) if not case_passes(case, config)]
     report = ParityReport(
-        passed=first_failure is None,
+        passed=not failing,
         atol=config.atol, rtol=config.rtol, cases=report_cases,
-        reference_inputs=_write_npz(work_dir / "reference_inputs.npz", input_names, reference[0]),
-        reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, reference[1]),
-        keras_outputs=_write_npz(work_dir / "keras_outputs.npz", [f"case{i}_output{k}" for i, outputs in
-                                 enumerate(expected_outputs) for k in range(len(outputs))],
-                                 [output for outputs in expected_outputs for output in outputs]),
+        reference_inputs=_write_npz(work_dir / "reference_inputs.npz", input_names, cases[0][1]),
+        reference_outputs=_write_npz(work_dir / "reference_outputs.npz", output_names, expected_outputs[0]),
+        keras_outputs=expected,
     )
-    if not report.passed:
-        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, first_failure)), config))
+    if failing:
+        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, failing[0])), config))
     return report
+
+
+def compare_cases(cases: list[tuple[str, list[np.ndarray]]], expected: list[list[np.ndarray]],
+                  actual: list[list[np.ndarray]], output_names: list[str], config: ValidateConfig) -> list[ParityCase]:
+    """Per case and output, the parity figures at the output's tolerances."""
+    return [ParityCase(label=label, batch_size=len(arrays[0]), outputs=[
+                compare_output(name, e, a, **config.tolerance_for(name).model_dump())
+                for name, e, a in zip(output_names, expected_case, actual_case)])
+            for (label, arrays), expected_case, actual_case in zip(cases, expected, actual)]
+
+
+def case_passes(case: ParityCase, config: ValidateConfig) -> bool:
+    return all(output_passes(output, config.min_argmax_agreement) for output in case.outputs)
 
 
 def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]], options: SessionOptionsDict | None = None,
@@ -89,14 +111,9 @@ def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, par
         return bench
     cases = inputs.cases()
     (_, output_names), actual_outputs = onnx_outputs(onnx_model.onnx_path, [a for _, a in cases], bench.session_options)
-    broken = []
-    with np.load(parity.keras_outputs) as keras:
-        for i, ((label, _), actual) in enumerate(zip(cases, actual_outputs)):
-            for k, (name, onnx_output) in enumerate(zip(output_names, actual)):
-                figures = compare_output(name, keras[f"case{i}_output{k}"], onnx_output,
-                                         **config.tolerance_for(name).model_dump())
-                if not output_passes(figures, config.min_argmax_agreement):
-                    broken.append(f"{label} / {name}: max|Δ|={figures.max_abs:.3g}")
+    compared = compare_cases(cases, parity.keras_outputs.cases(), actual_outputs, output_names, config)
+    broken = [f"{case.label} / {output.output}: max|Δ|={output.max_abs:.3g}" for case in compared
+              for output in case.outputs if not output_passes(output, config.min_argmax_agreement)]
     if not broken:
         return bench
     return bench.model_copy(update={"session_options": {}, "tuning_refused": (
@@ -104,8 +121,8 @@ def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, par
 
 
 def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Keras' outputs for every case, with one predict call per distinct inner shape: each new batch shape
-    costs Keras a retrace (seconds on a convnet), so cases are concatenated and the outputs split again."""
+    """Keras' outputs for every case, with one predict call per distinct inner shape (cases concatenated, outputs
+    split again): each call pays Keras' per-layer dispatch once (0.3 s on a convnet)."""
     groups: dict[tuple, list[int]] = {}
     for index, inputs in enumerate(cases):
         groups.setdefault(tuple(array.shape[1:] for array in inputs), []).append(index)
@@ -130,9 +147,11 @@ def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, 
 
 
 def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
-                  work_dir: Path) -> list[VariantOutcome]:
+                  work_dir: Path, inputs: ValidationInputs | None = None,
+                  expected: SourceOutputs | None = None) -> list[VariantOutcome]:
     """Build each configured variant and hold it to its own gate against Keras (onnx_stage/variants.py: tolerances,
-    argmax agreement, cosine floor, and a gate that can tell an input-blind model); refuse those that fail."""
+    argmax agreement, cosine floor, and a gate that can tell an input-blind model) on the validation cases (the
+    fp32 validation's, with Keras' outputs on them, when given); refuse those that fail."""
     outcomes = []
     for variant in config.variants:
         variant_dir = work_dir / variant.kind
@@ -147,7 +166,7 @@ def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasW
             "atol": variant.atol, "rtol": variant.rtol, "min_argmax_agreement": variant.min_argmax_agreement,
             "per_output": {}})
         try:
-            parity = check_parity(source, artifacts, worker, gate, variant_dir)
+            parity = check_parity(source, artifacts, worker, gate, variant_dir, inputs, expected)
         except ParityError as refusal:
             reason = f"failed its accuracy gate: {refusal.figures}; {refusal.blame}"
             outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=reason))
@@ -155,7 +174,8 @@ def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasW
         except StageError as refusal:
             outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=str(refusal)))
             continue
-        refused = cosine_refusal(parity, variant) or vacuous_refusal(*keras_outputs_per_case(parity), variant)
+        output_names = [output.output for output in parity.cases[0].outputs]
+        refused = cosine_refusal(parity, variant) or vacuous_refusal(parity.keras_outputs.cases(), output_names, variant)
         outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, parity=None if refused else parity,
                                        refused=refused))
     return outcomes
@@ -197,10 +217,15 @@ def validation_cases(source: SourceModel, worker: KerasWorker, config: ValidateC
     return choose_inputs(source, worker, config, work_dir)
 
 
+@task(name="predict-source-outputs", cache_policy=NO_CACHE)
+def source_outputs(inputs: ValidationInputs, worker: KerasWorker, work_dir: Path) -> SourceOutputs:
+    return predict_source_outputs(worker, inputs, work_dir)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, worker: KerasWorker,
-             config: ValidateConfig, work_dir: Path) -> ParityReport:
-    return check_parity(source, onnx_model, worker, config, work_dir, inputs)
+def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, expected: SourceOutputs,
+             worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ParityReport:
+    return check_parity(source, onnx_model, worker, config, work_dir, inputs, expected)
 
 
 @task(name="check-served-parity", cache_policy=NO_CACHE)
@@ -211,8 +236,8 @@ def check_served_options(onnx_model: OnnxArtifacts, inputs: ValidationInputs, pa
 
 @task(name="validate-variants", cache_policy=NO_CACHE)
 def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
-                      work_dir: Path) -> list[VariantOutcome]:
-    return gate_variants(source, onnx_model, worker, config, work_dir)
+                      work_dir: Path, inputs: ValidationInputs, expected: SourceOutputs) -> list[VariantOutcome]:
+    return gate_variants(source, onnx_model, worker, config, work_dir, inputs, expected)
 
 
 @task(name="check-consumer-load", cache_policy=NO_CACHE)

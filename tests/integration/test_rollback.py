@@ -15,7 +15,7 @@ from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
 from tasks.register import package, register
-from tasks.validate import validate, validation_cases
+from tasks.validate import source_outputs, validate, validation_cases
 
 
 class ConsumerCheckFailed(RuntimeError):
@@ -35,7 +35,8 @@ def register_then_fail(work_dir: Path) -> None:
         source = load(ModelRef(name="digits-mlp", alias="champion"), worker, work_dir)
         onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
         inputs = validation_cases(source, worker, config.validation, work_dir)
-        parity = validate(source, onnx_model, inputs, worker, config.validation, work_dir)
+        expected = source_outputs(inputs, worker, work_dir)
+        parity = validate(source, onnx_model, inputs, expected, worker, config.validation, work_dir)
         bench = benchmark(source, onnx_model, worker, config.benchmark, [])
     with transaction():
         twin = register(source, package(onnx_model, inputs, work_dir), onnx_model, parity, bench, config, work_dir)

@@ -15,7 +15,7 @@ from onnx_stage.variants import (build_variant, cosine_refusal, speed_refusal, v
                                  variant_runtime)
 from tasks.benchmark import refuse_slower_variants
 from tasks.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, LatencyStats, OnnxArtifacts, ParityCase,
-                           ParityReport, VariantOutcome)
+                           ParityReport, SourceOutputs, VariantOutcome)
 
 INT8 = VariantConfig(kind="int8_static", atol=0.05, rtol=0.1, min_argmax_agreement=0.9)
 
@@ -34,7 +34,8 @@ def report_with(cases: list[tuple[str, np.ndarray, np.ndarray]], tmp_path: Path)
                                outputs=[compare_output("probs", expected, actual, INT8.atol, INT8.rtol)])
                     for label, expected, actual in cases]
     return ParityReport(passed=True, atol=INT8.atol, rtol=INT8.rtol, cases=parity_cases,
-                        reference_inputs=tmp_path / "unused.npz", reference_outputs=tmp_path / "unused.npz")
+                        reference_inputs=tmp_path / "unused.npz", reference_outputs=tmp_path / "unused.npz",
+                        keras_outputs=SourceOutputs.save([[expected] for _, expected, _ in cases], tmp_path / "keras.npz"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
