@@ -33,7 +33,7 @@ def latency_table(bench: BenchReport) -> list[str]:
         lines.append(f"\nTuned options not registered: {bench.tuning_refused}")
     for batch_size in sorted({r.batch_size for r in bench.rows}):
         versus_default = bench.speedup(batch_size, baseline=ORT_DEFAULT)
-        lines.append(f"- batch {batch_size}: registered ONNX is {bench.speedup(batch_size):.2f}× compiled Keras"
+        lines.append(f"- batch {batch_size}: registered ONNX is {bench.speedup(batch_size):.2f}× {bench.native_runtime}"
                      + (f", {versus_default:.2f}× default onnxruntime" if bench.session_options else "") + " (p50)")
     return lines
 

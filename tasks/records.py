@@ -181,12 +181,16 @@ class BenchReport(Record):
     def registered_runtime(self) -> str:
         return ORT_TUNED if self.session_options else ORT_DEFAULT
 
+    @property
+    def native_runtime(self) -> str:
+        """The source framework's own predict the ONNX model is timed against, e.g. keras, lightgbm."""
+        return next((r.runtime for r in self.rows if not r.runtime.startswith("onnxruntime")), KERAS)
+
     def speedup(self, batch_size: int, baseline: str | None = None, runtime: str | None = None) -> float | None:
-        """p50 of baseline (default: the source's native runtime, e.g. keras) / p50 of runtime (default: the
-        registered onnxruntime configuration)."""
-        runtime = runtime or self.registered_runtime
+        """p50 of baseline (default: the source's native runtime) / p50 of runtime (default: the registered
+        onnxruntime configuration)."""
+        runtime, baseline = runtime or self.registered_runtime, baseline or self.native_runtime
         by_runtime = {r.runtime: r for r in self.rows if r.batch_size == batch_size}
-        baseline = baseline or next((name for name in by_runtime if not name.startswith("onnxruntime")), KERAS)
         if {baseline, runtime} <= by_runtime.keys():
             return by_runtime[baseline].p50_ms / by_runtime[runtime].p50_ms
         return None

@@ -25,9 +25,10 @@ from tasks.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport,
 
 
 class ParityError(StageError):
-    def __init__(self, figures: str, blame: str) -> None:
+    def __init__(self, figures: str, blame: str, source_runtime: str) -> None:
         self.figures, self.blame = figures, blame
-        super().__init__(f"ONNX output differs from Keras beyond tolerance, nothing registered: {figures}; {blame}")
+        super().__init__(f"ONNX output differs from the {source_runtime} model beyond tolerance, nothing registered: "
+                         f"{figures}; {blame}")
 
 
 # Above this, the reference prediction waits for the conversion: its activations on top of the conversion's peak
@@ -76,7 +77,8 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
         keras_outputs=expected,
     )
     if failing:
-        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, failing[0])), config))
+        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, failing[0])), config),
+                          source.native_runtime)
     return report
 
 
@@ -117,7 +119,7 @@ def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, par
     if not broken:
         return bench
     return bench.model_copy(update={"session_options": {}, "tuning_refused": (
-        f"options {bench.session_options} break parity with Keras ({'; '.join(broken[:3])}); served with defaults")})
+        f"options {bench.session_options} break parity with the source model ({'; '.join(broken[:3])}); served with defaults")})
 
 
 def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -143,7 +145,7 @@ def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, 
     keras_layers = [KerasLayerOutput(**layer) for layer in worker.call("layer_outputs", inputs=list(feed.values()))]
     onnx_values = onnx_intermediate_values(onnx_model.onnx_path, feed)
     divergence = locate_divergence(keras_layers, onnx_values, config.atol, config.rtol)
-    return divergence.describe() if divergence else "no single Keras layer could be blamed"
+    return divergence.describe() if divergence else "no single layer of the source model could be blamed"
 
 
 def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
@@ -201,7 +203,7 @@ def check_consumer_load(twin: RegisteredTwin, report: ParityReport) -> float:
     for name in expected.files:
         actual, tolerance = np.asarray(predictions[name]), tolerances[name]
         if not np.allclose(actual, expected[name], atol=tolerance.atol, rtol=tolerance.rtol):
-            raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with Keras on output {name!r}: "
+            raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with the source model on output {name!r}: "
                              f"max|Δ|={np.abs(actual - expected[name]).max():.3g}; the version was removed")
         worst = max(worst, float(np.abs(actual - expected[name]).max()))
     return worst

@@ -41,4 +41,4 @@ def test_options_that_break_parity_are_dropped_with_the_figures(tmp_path: Path) 
     checked = check_served_parity(_scaled_model(tmp_path / "m.onnx"), inputs, parity,
                                   BenchReport(session_options=TUNED), ValidateConfig())
     assert checked.session_options == {}
-    assert "break parity with Keras (generated batch 2 / y: max|Δ|=0.5)" in checked.tuning_refused
+    assert "break parity with the source model (generated batch 2 / y: max|Δ|=0.5)" in checked.tuning_refused
