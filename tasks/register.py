@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -16,12 +17,12 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 from onnx import helper
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from onnx_stage.config import StageConfig
-from onnx_stage.onnx_files import needs_external_data
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import use_experiment
@@ -56,17 +57,33 @@ def package_model(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir:
     Writes nothing to the registry, so the flow builds it while validation runs: MLflow's JSON rendering of an
     image input example and its requirements check take seconds that would otherwise come after validation."""
     model_dir = work_dir / f"mlflow-model-{variant}"
-    proto = onnx.load(str(onnx_model.onnx_path))
+    # A model with external data is saved as its graph only and its data files are linked in: not loaded into this
+    # process and written again (2+ GB)
+    proto = onnx.load(str(onnx_model.onnx_path), load_external_data=False)
+    data_files = sorted({ExternalDataInfo(t).location for t in proto.graph.initializer if uses_external_data(t)})
     signature = onnx_signature(proto)
     _, reference = inputs.cases()[0]
     mlflow.onnx.save_model(
         proto, str(model_dir),
         signature=signature, input_example=dict(zip(signature.inputs.input_names(), reference)),
         pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
-        save_as_external_data=needs_external_data(proto), onnx_execution_providers=PROVIDERS,
+        save_as_external_data=bool(data_files), onnx_execution_providers=PROVIDERS,
         extra_files=[str(onnx_model.json_path), str(onnx_model.text_path)],
     )
+    if data_files:
+        for name in data_files:
+            _link_or_copy(onnx_model.onnx_path.parent / name, model_dir / name)
+        model = Model.load(str(model_dir))
+        model.model_size_bytes = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+        model.save(str(model_dir / MLMODEL_FILE_NAME))
     return model_dir
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem
+        shutil.copyfile(source, destination)
 
 
 def warm_requirement_check() -> None:

@@ -1,11 +1,14 @@
 """What the twin's MLflow model declares, decided before validation ends: signature and input cases."""
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow.models import Model
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.records import ValidationInputs
-from tasks.register import onnx_signature
+from onnx_stage.onnx_files import data_file_of, save_onnx
+from tasks.records import OnnxArtifacts, ValidationInputs
+from tasks.register import onnx_signature, package_model
 
 
 def test_signature_follows_the_graph_with_dynamic_dimensions_as_minus_one() -> None:
@@ -31,3 +34,27 @@ def test_validation_inputs_round_trip_in_order(tmp_path: Path) -> None:
     assert [label for label, _ in saved.cases()] == ["input example", "generated batch 4"]
     for (_, expected), (_, actual) in zip(cases, saved.cases()):
         assert all(np.array_equal(e, a) for e, a in zip(expected, actual))
+
+
+def test_a_model_with_external_data_is_packaged_by_linking_its_data_file(tmp_path: Path) -> None:
+    weight = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx_path = tmp_path / "onnx" / "model.onnx"
+    onnx_path.parent.mkdir()
+    save_onnx(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]), onnx_path,
+              external=True)
+    artifacts = OnnxArtifacts(onnx_path=onnx_path, json_path=onnx_path, text_path=onnx_path, route="test", opset=17,
+                              conversion_seconds=0)
+    x = np.ones((2, 64), np.float32)
+    inputs = ValidationInputs.save([("generated batch 2", [x])], tmp_path / "cases.npz")
+
+    model_dir = package_model(artifacts, inputs, tmp_path)
+
+    data = model_dir / "model.onnx.data"
+    assert data.stat().st_ino == data_file_of(onnx_path).stat().st_ino  # linked, not rewritten
+    assert (model_dir / "model.onnx").stat().st_size < weight.nbytes
+    assert Model.load(str(model_dir)).model_size_bytes > weight.nbytes
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(str(model_dir)).predict({"x": x})["y"], x @ weight)
