@@ -77,8 +77,8 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
         keras_outputs=expected,
     )
     if failing:
-        raise ParityError(summarise(report), blame_layer(onnx_model, worker, dict(zip(input_names, failing[0])), config),
-                          source.native_runtime)
+        blame = blame_layer(onnx_model, worker, dict(zip(input_names, failing[0])), config)
+        raise ParityError(summarise(report), blame, source.native_runtime)
     return report
 
 
@@ -119,7 +119,8 @@ def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, par
     if not broken:
         return bench
     return bench.model_copy(update={"session_options": {}, "tuning_refused": (
-        f"options {bench.session_options} break parity with the source model ({'; '.join(broken[:3])}); served with defaults")})
+        f"options {bench.session_options} break parity with the source model ({'; '.join(broken[:3])}); "
+        "served with defaults")})
 
 
 def keras_outputs(worker: KerasWorker, cases: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -177,7 +178,8 @@ def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasW
             outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, refused=str(refusal)))
             continue
         output_names = [output.output for output in parity.cases[0].outputs]
-        refused = cosine_refusal(parity, variant) or vacuous_refusal(parity.keras_outputs.cases(), output_names, variant)
+        refused = (cosine_refusal(parity, variant)
+                   or vacuous_refusal(parity.keras_outputs.cases(), output_names, variant))
         outcomes.append(VariantOutcome(kind=variant.kind, onnx_model=artifacts, parity=None if refused else parity,
                                        refused=refused))
     return outcomes
@@ -203,8 +205,8 @@ def check_consumer_load(twin: RegisteredTwin, report: ParityReport) -> float:
     for name in expected.files:
         actual, tolerance = np.asarray(predictions[name]), tolerances[name]
         if not np.allclose(actual, expected[name], atol=tolerance.atol, rtol=tolerance.rtol):
-            raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with the source model on output {name!r}: "
-                             f"max|Δ|={np.abs(actual - expected[name]).max():.3g}; the version was removed")
+            raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with the source model on output "
+                             f"{name!r}: max|Δ|={np.abs(actual - expected[name]).max():.3g}; the version was removed")
         worst = max(worst, float(np.abs(actual - expected[name]).max()))
     return worst
 
