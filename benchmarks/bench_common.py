@@ -56,13 +56,17 @@ for name, spec in specs.items():
 """
 
 
-def build_models(out_dir: Path, names: list[str]) -> dict[str, Path]:
-    """Build and save each model as out_dir/NAME.keras in one child process (TensorFlow stays out of this one)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    specs = {name: APPLICATION_SIZES.get(name) for name in names}
+def run_keras_script(script: str, *args: str, quiet: bool = True) -> None:
+    """Run a Python script that uses Keras in a child process (TensorFlow stays out of this one), from the repo root."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    subprocess.run([sys.executable, "-c", _BUILD, str(out_dir), json.dumps(specs)], check=True, cwd=ROOT, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", script, *args], check=True, cwd=ROOT, env=env,
+                   stdout=subprocess.DEVNULL if quiet else None)
+
+
+def build_models(out_dir: Path, names: list[str]) -> dict[str, Path]:
+    """Build and save each model as out_dir/NAME.keras in one child process (random weights)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_keras_script(_BUILD, str(out_dir), json.dumps({name: APPLICATION_SIZES.get(name) for name in names}))
     return {name: out_dir / f"{name}.keras" for name in names}
 
 
@@ -161,15 +165,17 @@ def parse_args(doc: str, models: list[str], seconds: float) -> tuple[list[str], 
 
 
 ModelBenchmark = Callable[[KerasWorker, str, Path, Path, float], dict]
+ModelBuilder = Callable[[Path, list[str]], dict[str, Path]]  # (out_dir, names) -> model file per name
 
 
 def run_models(names: list[str], benchmark: ModelBenchmark, render: Callable[[dict], list[str]],
-               seconds: float) -> list[dict]:
-    """Build the models, then benchmark and print each with one Keras child; a failing model is reported, skipped."""
+               seconds: float, build: ModelBuilder = build_models) -> list[dict]:
+    """Build the models (`build`, random weights by default), then benchmark and print each with one Keras child;
+    a failing model is reported, skipped."""
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch, KerasWorker(900) as worker:
         with stopwatch(f"built {len(names)} models"):
-            files = build_models(Path(scratch) / "models", names)
+            files = build(Path(scratch) / "models", names)
         for name in names:
             try:
                 with stopwatch(name):
