@@ -35,10 +35,12 @@ Why not keras.applications models made input-dependent (measured on this 2-vCPU 
   EfficientNetB0_64's int8_static conv outputs had a cosine to fp32 of 0.999 at the stem, 0.95 by block 3, 0.70 by
   block 5, 0.65 on the pooled features, and its gate failed with 46 % argmax agreement (MobileNetV3Small_96: 72 %)
   whatever the classifier's regularisation. That measures the random weights, not int8 on a trained model.
-- Training them does not fit the run: TensorFlow trains ResNet50 at 32x32 at 40 ms/image with XLA (160 without) and
-  MobileNetV3Small at 96x96 at 54 ms/image, so one epoch of digits at the benchmark sizes takes 1.5-10 min per
-  model; trained at 32x32 and run at the benchmark size on tiled digits their predictions do not carry over (18 %
-  accuracy: receptive fields far larger than a tile).
+- Training them does not fit the run: TensorFlow trains ResNet50 at 32x32 at 40 ms/image with XLA (160 without), at
+  64x64 at 118 ms/image, MobileNetV3Small at 96x96 at 54 ms/image, so one epoch of digits at the benchmark sizes takes
+  from 1.4 to over 10 min per model; trained at 32x32 and run at the benchmark size on tiled digits their predictions
+  do not carry over (18 % accuracy: receptive fields far larger than a tile).
+Result on this CPU (AVX2, no VNNI; benchmarks/README.md): int8_static is no faster than fp32 (QLinearConv, 80-96 % of
+its time, runs as fast as fp32 Conv on one core), so the 1.8x target needs a CPU with VNNI.
 """
 from __future__ import annotations
 
