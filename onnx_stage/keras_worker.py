@@ -57,9 +57,9 @@ class KerasWorker:
         self.operations, self._closed = operations, False
         self._request_ids, self._sending = itertools.count(), threading.Lock()
         self._waiting: dict[int, Future] = {}
-        self._reader = threading.Thread(target=_read_answers, args=(parent_end, self._waiting, self._sending), daemon=True)
+        self._reader = threading.Thread(target=_read_answers, args=(parent_end, self._waiting, self._sending),
+                                        daemon=True)
         self._reader.start()
-
 
     def serve(self, operations: str) -> None:
         """Make the child serve `operations` (a source kind's module): a child serving another module is replaced,
