@@ -1,6 +1,7 @@
 """Keras coverage: which zoo models (onnx_stage/zoo.py) convert, pass parity, by which route, how fast, in how much memory.
 
-Run from the repo root:  .venv/bin/python benchmarks/coverage.py [--models a,b] [--ci-only] [--set convert.routes=[...]]
+Run from the repo root:  .venv/bin/python benchmarks/coverage.py [--models a,b] [--ci-only] [--user-models]
+                         [--set convert.routes=[...]]
 
 Per model, a fresh Keras child (so one model's memory or crash cannot colour the next) loads the saved .keras
 file, converts it with the stage's convert code (routes in config order) and validates it with the stage's
@@ -10,10 +11,15 @@ parity check (default tolerances, batch 1 and 16). One line per model:
           (vs the budget 3 × weights + 1 GiB)  failure reason
 
 then `converted: N/M, parity: N/M`. keras.applications models use random weights: nothing is downloaded.
+
+`--user-models` measures the models users really bring instead (onnx_stage/zoo_user.py: dynamic image sizes,
+preprocessing layers, stateful RNNs, resize modes), each against its expected outcome: converted with parity, or
+refused before conversion naming the layer. The summary line then also counts `as expected: N/M`.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from onnx_stage.config import StageConfig, load_config  # noqa: E402
 from onnx_stage.errors import StageError  # noqa: E402
 from onnx_stage.keras_worker import KerasWorker, WorkerError  # noqa: E402
 from onnx_stage.zoo import CUSTOM_LAYERS_MODULE, ZOO  # noqa: E402
+from onnx_stage.zoo_user import USER_MODELS  # noqa: E402
 from tasks.convert import convert_source  # noqa: E402
 from tasks.load import load_source  # noqa: E402
 from tasks.records import ModelRef  # noqa: E402
@@ -40,7 +47,7 @@ def memory_budget(weights_bytes: int) -> int:
 def measure(name: str, model_file: Path, config: StageConfig, work_dir: Path) -> dict:
     row = {"name": name, "converted": False, "parity": False, "route": "-", "seconds": None, "peak": None,
            "weights": None, "reason": ""}
-    modules = [CUSTOM_LAYERS_MODULE] if ZOO[name].custom_objects else []
+    modules = [CUSTOM_LAYERS_MODULE] if name in ZOO and ZOO[name].custom_objects else []
     try:
         with KerasWorker(config.convert.timeout_seconds) as worker:
             source = load_source(ModelRef(name=name, path=str(model_file)), worker, work_dir, modules)
@@ -68,19 +75,51 @@ def render(row: dict) -> str:
             + (f"  reason: {row['reason'][:400]}" if row["reason"] else ""))
 
 
+def outcome(row: dict) -> str:
+    """What happened, in zoo_user's terms: converts, refused: <layer> (a refusal names the layer first), or failed."""
+    if row["parity"]:
+        return "converts"
+    refused = re.search(r"refused before conversion: (\w+)", row["reason"])
+    return f"refused: {refused.group(1)}" if refused else "failed"
+
+
+def measure_user_models(names: list[str], config: StageConfig, scratch: Path) -> list[dict]:
+    """Each user model at its own opset, against its expected outcome; one line each."""
+    rows = []
+    for name in names:
+        model = USER_MODELS[name]
+        work_dir = scratch / name
+        work_dir.mkdir()
+        opset_config = config.model_copy(update={"convert": config.convert.model_copy(update={"opset": model.opset})})
+        row = measure(name, scratch / "models" / f"{name}.keras", opset_config, work_dir)
+        row["as_expected"] = outcome(row) == model.expected
+        rows.append(row)
+        print(f"{'ok ' if row['as_expected'] else 'BAD'} expected {model.expected:28} {render(row)}", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated zoo names (default: the whole zoo)")
     parser.add_argument("--ci-only", action="store_true", help="only the models the test suite converts")
+    parser.add_argument("--user-models", action="store_true",
+                        help="the models users really bring (onnx_stage/zoo_user.py) instead of the zoo")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="config override")
     args = parser.parse_args()
-    names = args.models.split(",") if args.models else [n for n, m in ZOO.items() if m.in_ci or not args.ci_only]
+    catalogue = USER_MODELS if args.user_models else ZOO
+    names = args.models.split(",") if args.models else [n for n, m in catalogue.items() if m.in_ci or not args.ci_only]
     config = load_config(overrides=args.overrides)
     rows = []
     with tempfile.TemporaryDirectory(prefix="coverage-") as scratch:
         models = Path(scratch) / "models"
         subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(models), *names], check=True,
                        stdout=subprocess.DEVNULL)
+        if args.user_models:
+            rows = measure_user_models(names, config, Path(scratch))
+            print(f"user models: as expected: {sum(r['as_expected'] for r in rows)}/{len(rows)}, "
+                  f"converted: {sum(r['converted'] for r in rows)}/{len(rows)}, "
+                  f"parity: {sum(r['parity'] for r in rows)}/{len(rows)}")
+            return 0
         for name in names:
             work_dir = Path(scratch) / name
             work_dir.mkdir()

@@ -8,27 +8,96 @@ import numpy as np
 
 from onnx_stage.config import ValidateConfig
 from onnx_stage.errors import StageError
-from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.parity import generated_inputs, has_dynamic_inner_dimension
-from tasks.records import SourceModel
+from tasks.records import SourceModel, TensorSpec
+
+# Image sizes tried, smallest first, for a dynamic height/width when the input example gives none: 32 is the
+# smallest keras.applications accept (imagenet_utils.obtain_input_shape's min_size), the rest are their default
+# sizes (224; 299 Inception/Xception; 331 NASNetLarge) and the multiples of 32 a U-Net's skips need.
+IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299, 320, 331, 384, 512)
 
 
 def validation_inputs(source: SourceModel, worker: KerasWorker,
                       config: ValidateConfig) -> list[tuple[str, list[np.ndarray]]]:
     """The version's input example, the user's sample data, then generated batches (batch 1 and N prove the
-    dynamic batch dimension; other sequence lengths prove dynamic inner dimensions where the model has them)."""
+    dynamic batch dimension; other sequence lengths, and a second image size, prove dynamic inner dimensions where
+    the model has them). Dynamic image height/width take a size the model accepts (sized_specs); a sequence length
+    the source model itself rejects (a Conv1D kernel longer than the sequence) is left out, not failed."""
     example = _read_npz(source.input_example, source) if source.input_example else None
     cases = [("input example", example)] if example else []
     if config.sample_data:
         cases.append(("sample data", read_sample_data(config.sample_data, source, config.sample_rows)))
     rng, hints = np.random.default_rng(config.seed), worker.call("input_hints")
-    cases += [(f"generated batch {b}", generated_inputs(source.inputs, b, rng, example, hints))
-              for b in config.batch_sizes]
-    if has_dynamic_inner_dimension(source.inputs):
+    specs, second_size = sized_specs(source.inputs, worker, example)
+    cases += [(f"generated batch {b}", generated_inputs(specs, b, rng, example, hints)) for b in config.batch_sizes]
+    if has_dynamic_inner_dimension(specs):
         batch = max(config.batch_sizes)
-        cases += [(f"generated batch {batch}, length {n}", generated_inputs(source.inputs, batch, rng, example, hints, n))
-                  for n in config.sequence_lengths]
+        cases += [(f"generated batch {batch}, length {n}", generated_inputs(specs, batch, rng, example, hints, n))
+                  for n in config.sequence_lengths if _accepted(worker, specs, n)]
+    if second_size:
+        bigger = _with_image_size(source.inputs, second_size)
+        cases.append((f"generated batch 1, image {second_size}×{second_size}",
+                      generated_inputs(bigger, 1, rng, example, hints)))
     return cases
+
+
+def sized_specs(specs: list[TensorSpec], worker: KerasWorker,
+                example: list[np.ndarray] | None = None) -> tuple[list[TensorSpec], int | None]:
+    """The specs with each dynamic image dimension fixed, and a second image size the model accepts (None if the
+    model has no dynamic image dimension, or accepts no other size).
+
+    An image dimension is a dynamic inner dimension of an input of rank ≥ 4 (batch, height, width[, depth],
+    channels); dimensions of rank-2/3 inputs are sequence lengths and stay dynamic (validation.sequence_lengths).
+    The size is the input example's when it has one, else the first of IMAGE_SIZES at which the source model
+    (one call at batch 1) answers: a convnet that halves its input five times needs 32, a 3-pixel image is not
+    an image it can take (MobileNetV3 then ends in a 1×1 map that onnxruntime's Conv rejects)."""
+    if not any(_image_axes(spec) for spec in specs):
+        return specs, None
+    if example is not None:
+        sized = [TensorSpec(name=s.name, shape=[None, *a.shape[1:]], dtype=s.dtype) if _image_axes(s) else s
+                 for s, a in zip(specs, example)]
+        accepted = [size for size in IMAGE_SIZES if size > max(_fixed_image_sizes(sized)) and
+                    _accepted(worker, _with_image_size(specs, size))][:1]
+        return sized, (accepted or [None])[0]
+    accepted = []
+    for size in IMAGE_SIZES:
+        if _accepted(worker, _with_image_size(specs, size)):
+            accepted.append(size)
+            if len(accepted) == 2:
+                break
+    if not accepted:
+        raise StageError(f"the source model answers at none of the image sizes {IMAGE_SIZES} for its dynamic "
+                         "height/width; log an input example with the model (mlflow input_example) so validation "
+                         "uses its size")
+    return _with_image_size(specs, accepted[0]), (accepted[1:] or [None])[0]
+
+
+def _image_axes(spec: TensorSpec) -> list[int]:
+    return [i for i, d in enumerate(spec.shape) if i > 0 and d is None] if len(spec.shape) >= 4 else []
+
+
+def _with_image_size(specs: list[TensorSpec], size: int) -> list[TensorSpec]:
+    return [TensorSpec(name=s.name, dtype=s.dtype,
+                       shape=[size if i in _image_axes(s) else d for i, d in enumerate(s.shape)]) for s in specs]
+
+
+def _fixed_image_sizes(specs: list[TensorSpec]) -> list[int]:
+    return [d for s in specs if len(s.shape) >= 4 for d in s.shape[1:-1] if d is not None] or [0]
+
+
+def _accepted(worker: KerasWorker, specs: list[TensorSpec], sequence_length: int = 8) -> bool:
+    """Whether the source model computes an output for zeros of these shapes at batch 1 (dynamic sequence
+    dimensions at sequence_length): a size it rejects is no size to hold the ONNX model to."""
+    probe = [np.zeros([1, *(d if d is not None else sequence_length for d in s.shape[1:])], dtype=s.dtype)
+             for s in specs]
+    try:
+        outputs = worker.call("predict", inputs=probe)
+    except WorkerError as error:
+        if "child process" in str(error):  # died or timed out: not the model's answer about a size
+            raise
+        return False
+    return all(np.asarray(output).size for output in outputs)
 
 
 def read_sample_data(uri: str, source: SourceModel, max_rows: int) -> list[np.ndarray]:

@@ -60,5 +60,4 @@ def calibration_inputs(source: SourceModel, worker: KerasWorker, config: Validat
     if config.sample_data:
         return read_sample_data(config.sample_data, source, rows)
     generated = config.model_copy(update={"seed": config.seed + 1, "batch_sizes": [rows], "sequence_lengths": []})
-    _, arrays = validation_inputs(source, worker, generated)[-1]  # the last case is the generated batch
-    return arrays
+    return dict(validation_inputs(source, worker, generated))[f"generated batch {rows}"]

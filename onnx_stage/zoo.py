@@ -301,10 +301,21 @@ ZOO: dict[str, ZooModel] = {model.name: model for model in [*LAYER_FAMILIES, *AP
 
 
 def save_models(out_dir: Path, names: list[str]) -> None:
-    """Build and save each named model as out_dir/NAME.keras (runs where Keras may be imported)."""
+    """Build and save each named model (of ZOO or zoo_user.USER_MODELS) as out_dir/NAME.keras (runs where Keras
+    may be imported)."""
+    from onnx_stage.zoo_user import USER_MODELS
+
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
-        ZOO[name].build().save(out_dir / f"{name}.keras")
+        (ZOO[name] if name in ZOO else USER_MODELS[name]).build().save(out_dir / f"{name}.keras")
+
+
+def save_models_in_child(out_dir: Path, names: list[str]) -> None:
+    """save_models in a child process (`python -m onnx_stage.zoo`), so the caller never imports Keras."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(out_dir), *names], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import onnx
+import onnxruntime as ort
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -101,7 +102,19 @@ def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]], options: Sessio
     session = open_session(onnx_path, options)
     input_names = [i.name for i in session.get_inputs()]
     names = (input_names, [o.name for o in session.get_outputs()])
-    return names, [session.run(None, dict(zip(input_names, arrays))) for arrays in cases]
+    return names, [_run(session, input_names, arrays) for arrays in cases]
+
+
+def _run(session: ort.InferenceSession, input_names: list[str], arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """One onnxruntime call; an input the source model accepted but the ONNX model rejects is a StageError naming the
+    shapes and onnxruntime's reason (nothing registered)."""
+    try:
+        return session.run(None, dict(zip(input_names, arrays)))
+    except Exception as error:  # onnxruntime raises its own pybind exception types
+        shapes = ", ".join(f"{name} {tuple(a.shape)}" for name, a in zip(input_names, arrays))
+        reason = str(error).strip().splitlines()[0][:300]
+        raise StageError(f"the ONNX model fails on inputs the source model accepts ({shapes}), nothing registered: "
+                         f"{reason}") from None
 
 
 def check_served_parity(onnx_model: OnnxArtifacts, inputs: ValidationInputs, parity: ParityReport, bench: BenchReport,

@@ -2,16 +2,13 @@
 through the real load → convert → validate code and one Keras child process, without MLflow or Prefect."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from onnx_stage.config import ConvertConfig, ValidateConfig
 from onnx_stage.keras_worker import KerasWorker, WorkerError
-from onnx_stage.zoo import CUSTOM_LAYERS_MODULE, ZOO
+from onnx_stage.zoo import CUSTOM_LAYERS_MODULE, ZOO, save_models_in_child
 from tasks.convert import convert_source
 from tasks.load import load_source
 from tasks.records import ModelRef
@@ -23,15 +20,8 @@ CI_MODELS = [name for name, model in ZOO.items() if model.in_ci]
 @pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("zoo")
-    subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(out), *CI_MODELS], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    save_models_in_child(out, CI_MODELS)
     return out
-
-
-@pytest.fixture(scope="module")
-def worker() -> Iterator[KerasWorker]:
-    with KerasWorker(timeout_seconds=300) as shared:
-        yield shared
 
 
 @pytest.mark.parametrize("name", CI_MODELS)

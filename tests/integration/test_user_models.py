@@ -1,0 +1,43 @@
+"""Models users really bring (issue 13; onnx_stage/zoo_user.py): each converts and passes parity, or is refused before
+conversion with one line naming the Keras layer, why, and what to do. Through the real load → convert → validate
+code and one Keras child process, without MLflow or Prefect."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnx_stage.config import ConvertConfig, ValidateConfig
+from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.zoo import save_models_in_child
+from onnx_stage.zoo_user import USER_MODELS
+from tasks.convert import convert_source
+from tasks.load import load_source
+from tasks.records import ModelRef
+from tasks.validate import check_parity
+
+CI_MODELS = [name for name, model in USER_MODELS.items() if model.in_ci]
+CONVERTS = [name for name in CI_MODELS if USER_MODELS[name].expected == "converts"]
+REFUSED = [name for name in CI_MODELS if USER_MODELS[name].expected.startswith("refused")]
+
+# MobileNetV3 with input (None, None, 3): images of 32×32 (its smallest size) and 64×64, never 3×3 (a sequence length)
+CASES = {"MobileNetV3Small_dynamic": ["generated batch 1", "generated batch 16", "generated batch 1, image 64×64"]}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("user-models")
+    save_models_in_child(out, CI_MODELS)
+    return out
+
+
+@pytest.mark.parametrize("name", CONVERTS)
+def test_user_model_converts_with_parity(name: str, models_dir: Path, worker: KerasWorker, tmp_path: Path) -> None:
+    source = load_source(ModelRef(name=name, path=str(models_dir / f"{name}.keras")), worker, tmp_path)
+    converted = convert_source(source, worker, ConvertConfig(opset=USER_MODELS[name].opset), tmp_path / "onnx")
+    report = check_parity(source, converted, worker, ValidateConfig(), tmp_path)
+    assert report.passed
+    assert {case.batch_size for case in report.cases} >= {1, 16}
+    if name in CASES:
+        assert [case.label for case in report.cases] == CASES[name]
+
