@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ConverterRoute = Literal["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+Count = Annotated[int, Field(ge=1)]  # a batch size or length: 0 or less would compare nothing (parity "nan%")
 
 
 class _Section(BaseModel):
@@ -44,7 +45,7 @@ class Tolerance(_Section):
 class ValidateConfig(_Section):
     atol: float = Field(1e-4, ge=0, description="Absolute tolerance of the ONNX vs Keras comparison.")
     rtol: float = Field(1e-3, ge=0, description="Relative tolerance of the ONNX vs Keras comparison.")
-    batch_sizes: list[int] = Field(
+    batch_sizes: list[Count] = Field(
         default_factory=lambda: [1, 16],
         min_length=1,
         description="Batch sizes of the generated inputs (more than one proves the dynamic batch dimension).",
@@ -52,8 +53,8 @@ class ValidateConfig(_Section):
     min_argmax_agreement: float = Field(
         1.0, ge=0, le=1, description="For classifier outputs: the fraction of rows whose argmax must agree."
     )
-    seed: int = Field(0, description="Seed of the generated validation inputs.")
-    sequence_lengths: list[int] = Field(
+    seed: int = Field(0, ge=0, description="Seed of the generated validation inputs.")
+    sequence_lengths: list[Count] = Field(
         default_factory=lambda: [3, 17], description="Extra lengths tried on inputs with a dynamic inner dimension."
     )
     sample_data: str | None = Field(
@@ -70,7 +71,7 @@ class ValidateConfig(_Section):
 
 class BenchmarkConfig(_Section):
     enabled: bool = Field(True, description="Time onnxruntime against compiled Keras.")
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1, description="Batch sizes timed.")
+    batch_sizes: list[Count] = Field(default_factory=lambda: [1, 8, 32], min_length=1, description="Batch sizes timed.")
     warmup_runs: int = Field(10, ge=0, description="Untimed runs before timing.")
     timed_runs: int = Field(200, ge=5, description="Minimum timed runs per runtime and batch size.")
     min_seconds: float = Field(1.0, ge=0, description="Keep timing until this long has passed (and timed_runs done).")
@@ -182,11 +183,17 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:
-    """Read a YAML config (default: configs/default.yaml) and apply `section.key=value` overrides."""
+    """Read a YAML config (default: configs/default.yaml) and apply `section.key=value` overrides.
+
+    Raises ConfigError (one line: the file, the setting or the YAML position, and what is wrong) on a missing file,
+    malformed YAML, a malformed override or a value out of its bounds."""
     path = Path(path) if path else DEFAULT_CONFIG_PATH
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config with an existing YAML file")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(_yaml_problem(path, error)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     for override in overrides:
@@ -196,6 +203,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> St
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"invalid configuration ({path}): {problems}") from None
+
+
+def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+    """One line: where in the file YAML gave up (1-based line and column, as editors count) and why."""
+    mark = getattr(error, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = " ".join(str(getattr(error, "problem", None) or error).split()).replace("'\\t'", "a tab")
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start:
+        context += f" that starts at line {start.line + 1}, column {start.column + 1}"
+    return (f"config file {path}{where}: {problem}" + (f" ({context})" if context else "")
+            + "; fix the YAML there (indent with spaces, close every [ and {)")
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

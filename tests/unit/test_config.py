@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,24 @@ def test_fingerprint_follows_what_changes_the_artifact() -> None:
     base = load_config()
     assert base.artifact_fingerprint() == load_config(overrides=["benchmark.timed_runs=7"]).artifact_fingerprint()
     assert base.artifact_fingerprint() != load_config(overrides=["convert.opset=18"]).artifact_fingerprint()
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("validation:\n  batch_sizes: [1, 16\nbenchmark:\n  enabled: true\n",
+     r"line 3, column 10: expected ',' or '\]', but got ':' \(while parsing a flow sequence that starts at line 2, "
+     r"column 16\); fix the YAML"),
+    ("validation:\n\tatol: 1.0e-4\n", r"line 2, column 1: found character a tab that cannot start any token"),
+])
+def test_malformed_yaml_is_named_with_file_line_and_column(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "stage.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(path))}, {where}") as raised:
+        load_config(path)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("override", ["validation.batch_sizes=[1,0]", "validation.sequence_lengths=[-3]",
+                                      "benchmark.batch_sizes=[0]", "validation.seed=-1"])
+def test_every_count_and_size_is_at_least_one(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"greater than or equal to [01]"):
+        load_config(overrides=[override])
