@@ -37,9 +37,11 @@ ui-commands:
 test: setup
 	$(VENV)/bin/python -m pytest
 
-# The local production stack on 127.0.0.1 (mlflow server, prefect server, worker, webhook bridge): README "Deployments".
+# The local stack on 127.0.0.1 (mlflow server, prefect server, worker, webhook bridge): README "Deployments".
+# PROFILE=production: PostgreSQL, S3, Redis, MLflow with auth, Prefect replicas behind nginx: README "Production stack".
+PROFILE ?= local
 stack-up: setup
-	$(VENV)/bin/python -m deployments.stack up
+	$(VENV)/bin/python -m deployments.stack up --profile $(PROFILE)
 
 stack-down:
 	$(VENV)/bin/python -m deployments.stack down

@@ -1,7 +1,8 @@
 """The local production stack on 127.0.0.1: mlflow server, prefect server, a worker on the pool, the webhook bridge.
 
     python -m deployments.stack up     # start what is not running, register the MLflow webhook, deploy
-    python -m deployments.stack down   # stop all four
+    python -m deployments.stack down   # stop all four (and the production profile's services, if running)
+    python -m deployments.stack up --profile production   # PostgreSQL, S3, auth, replicas: deployments/production.py
 
 State (databases, artifacts, logs, pid files, the generated secrets) lives in $ONNX_STAGE_HOME/stack.
 Ports: ONNX_STAGE_MLFLOW_PORT (5000), ONNX_STAGE_PREFECT_PORT (4200), ONNX_STAGE_BRIDGE_PORT (8787),
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ClassVar
 
 from onnx_stage.servers import (
     BIN, launch, mlflow_server_command, prefect_server_command, prefect_server_env, stop_group, wait_until_healthy,
@@ -32,6 +34,9 @@ class StackError(RuntimeError):
     pass
 
 
+Health = str | Callable[[], bool]  # a URL that answers 200 when the service is up, or a probe
+
+
 @dataclass(frozen=True)
 class Stack:
     state_dir: Path
@@ -39,6 +44,7 @@ class Stack:
     prefect_port: int = 4200
     bridge_port: int = 8787
     worker_port: int = 8788
+    services: ClassVar[tuple[str, ...]] = SERVICES  # start order; stopped in reverse
 
     @classmethod
     def from_env(cls) -> "Stack":
@@ -63,23 +69,28 @@ class Stack:
     def bridge_url(self) -> str:
         return f"http://127.0.0.1:{self.bridge_port}/webhooks/mlflow"
 
+    def new_secrets(self) -> dict[str, str]:
+        """The secrets this profile generates (each made once, the first time it is missing)."""
+        return {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                "ONNX_STAGE_WEBHOOK_SECRET": secrets.token_urlsafe(32)}
+
     def secrets(self) -> dict[str, str]:
-        """Generated once into the state dir and kept: a webhook stored under another key never fires again."""
+        """Generated once into the 0600 secrets file and kept: a webhook stored under another key never fires again."""
         path = self.state_dir / "secrets.env"
-        if not path.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fernet_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
-            path.touch(mode=0o600)
-            path.write_text(f"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY={fernet_key}\n"
-                            f"ONNX_STAGE_WEBHOOK_SECRET={secrets.token_urlsafe(32)}\n")
-        return dict(line.split("=", 1) for line in path.read_text().split())
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        kept = dict(line.split("=", 1) for line in path.read_text().split())
+        if missing := {key: value for key, value in self.new_secrets().items() if key not in kept}:
+            with path.open("a") as stream:
+                stream.writelines(f"{key}={value}\n" for key, value in missing.items())
+        return {**kept, **missing}
 
     def client_env(self) -> dict[str, str]:
         """What a process needs to talk to this stack (the worker's flow runs, the bridge, a training script)."""
         return {"MLFLOW_TRACKING_URI": self.mlflow_uri, "PREFECT_API_URL": self.prefect_api,
                 "ONNX_STAGE_HOME": str(self.state_dir.parent), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
-    def service(self, name: str) -> tuple[list[str], dict[str, str], str]:
+    def service(self, name: str) -> tuple[list[str], dict[str, str], Health]:
         """command, environment and health URL of one service."""
         if name == "mlflow":
             env = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
@@ -99,7 +110,7 @@ class Stack:
             command = [sys.executable, "-m", "deployments.bridge", "--port", str(self.bridge_port)]
             env = {**self.client_env(), "ONNX_STAGE_WEBHOOK_SECRET": self.secrets()["ONNX_STAGE_WEBHOOK_SECRET"]}
             return command, env, f"http://127.0.0.1:{self.bridge_port}/healthz"
-        raise StackError(f"unknown service {name!r}; the stack runs {', '.join(SERVICES)}")
+        raise StackError(f"unknown service {name!r}; the stack runs {', '.join(self.services)}")
 
     def pid_file(self, name: str) -> Path:
         return self.state_dir / "run" / f"{name}.pid"
@@ -109,24 +120,28 @@ class Stack:
         if not path.exists():
             return None
         pid = int(path.read_text())
-        command, _, _ = self.service(name)
         try:
             alive_command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
             alive_command = []
-        # A recycled pid runs something else: never signal it. (A console script runs as `python script args`.)
+        # A recycled pid runs something else: never signal it.
+        return pid if self.runs_service(name, alive_command) else None
+
+    def runs_service(self, name: str, cmdline: list[bytes]) -> bool:
+        """Whether a process with this /proc cmdline is the service (a console script runs as `python script args`)."""
+        command, _, _ = self.service(name)
         expected_arguments = [part.encode() for part in command[1:]]
-        return pid if alive_command[-len(expected_arguments) - 1:-1] == expected_arguments else None
+        return cmdline[-len(expected_arguments) - 1:-1] == expected_arguments
 
     def start(self, name: str, timeout_seconds: float = 180) -> None:
         if self.running_pid(name):
             return
-        command, env, health_url = self.service(name)
+        command, env, health = self.service(name)
         log = self.state_dir / "logs" / f"{name}.log"
         process = launch(command, log, env, cwd=PROJECT_ROOT)
         self.pid_file(name).parent.mkdir(parents=True, exist_ok=True)
         self.pid_file(name).write_text(str(process.pid))
-        wait_until_healthy(health_url, process, log, timeout_seconds)
+        wait_until_healthy(health, process, log, timeout_seconds)
 
     def stop(self, name: str) -> None:
         if pid := self.running_pid(name):
@@ -159,29 +174,50 @@ class Stack:
         self.start("bridge")
 
     def down(self) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed(self.services):
             self.stop(name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    command = (argv if argv is not None else sys.argv[1:])[:1]
-    if command not in (["up"], ["down"]):
-        print("usage: python -m deployments.stack up|down", file=sys.stderr)
-        return 2
-    try:
-        stack = Stack.from_env()
-        stack.up() if command == ["up"] else stack.down()
-    except (StackError, RuntimeError, subprocess.CalledProcessError) as error:
-        print(f"onnx-stage stack: error: {error}", file=sys.stderr)
-        return 1
-    if command == ["up"]:
-        print(f"""
+def stacks(profile: str | None) -> list[Stack]:
+    """The stacks a command acts on: the named profile's, or both (`down` with no profile stops whatever runs)."""
+    from deployments.production import ProductionStack
+
+    profiles = {"local": Stack.from_env, "production": ProductionStack.from_env}
+    if profile is not None and profile not in profiles:
+        raise StackError(f"unknown profile {profile!r}; use one of {', '.join(profiles)}")
+    return [profiles[name]() for name in ([profile] if profile else profiles)]
+
+
+def summary(stack: Stack) -> str:
+    if hasattr(stack, "summary"):
+        return stack.summary()
+    return f"""
 MLflow     {stack.mlflow_uri}   (webhook {WEBHOOK_NAME} -> {stack.bridge_url})
 Prefect UI {stack.prefect_api.removesuffix('/api')}/deployments   (pool {WORK_POOL}: convert, on-new-model-version, sweep)
 Logs       {stack.state_dir / 'logs'}
-Use it:    export MLFLOW_TRACKING_URI={stack.mlflow_uri} PREFECT_API_URL={stack.prefect_api}""")
-    else:
-        print("stack stopped")
+Use it:    export MLFLOW_TRACKING_URI={stack.mlflow_uri} PREFECT_API_URL={stack.prefect_api}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`up [--profile local|production]` (local by default) or `down [--profile ...]` (both by default)."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = arguments[:1]
+    profile = arguments[2] if len(arguments) == 3 and arguments[1] == "--profile" else None
+    if command not in (["up"], ["down"]) or len(arguments) not in (1, 3) or (len(arguments) == 3 and not profile):
+        print("usage: python -m deployments.stack up|down [--profile local|production]", file=sys.stderr)
+        return 2
+    try:
+        if command == ["up"]:
+            stack = stacks(profile or "local")[0]
+            stack.up()
+            print(summary(stack))
+        else:
+            for stack in stacks(profile):
+                stack.down()
+            print("stack stopped")
+    except (StackError, RuntimeError, subprocess.CalledProcessError) as error:
+        print(f"onnx-stage stack: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

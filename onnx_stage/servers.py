@@ -10,7 +10,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 BIN = Path(sys.executable).parent
 
@@ -21,19 +21,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout_seconds: float) -> None:
+def http_ok(url: str) -> bool:
+    """True when GET url answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_until_healthy(health: str | Callable[[], bool], process: subprocess.Popen, log: Path,
+                       timeout_seconds: float) -> None:
+    """Wait until `health` (a URL answering 200, or a probe returning True) says the server is up."""
+    probe = health if callable(health) else (lambda: http_ok(health))
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
+        if probe():
+            return
+        time.sleep(0.3)
     process.kill()
-    raise RuntimeError(f"{url} not healthy after {timeout_seconds:.0f} s; see {log}")
+    raise RuntimeError(f"{health if isinstance(health, str) else log.stem} not healthy after {timeout_seconds:.0f} s; "
+                       f"see {log}")
 
 
 def launch(command: list[str], log: Path, env: dict[str, str] | None = None,
