@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 # The Keras routes, imported when the child starts (it imports this module while the parent fetches the model)
+from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers
 from onnx_stage.routes import (convert_first_working, keras_export, one_line, onnxmltools_route,  # noqa: F401
                                tf2onnx_handlers, tf2onnx_lean, tf2onnx_route)
 from onnx_stage.routes.signature import input_ports, is_graph_network, output_ports
@@ -49,8 +50,12 @@ def _unregistered_class_hint(message: str) -> str | None:
 
 
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:
+    """Refuse, naming the layer, what no route can convert faithfully; else the routes in order, with the layers ONNX
+    lacks an op for lowered to ops it has (keras_layers)."""
     model = state["model"]
-    return convert_first_working(model, routes, opset, onnx_path, [port.name for port in output_ports(model)])
+    refuse_unrepresentable_layers(model, opset)
+    with lowered_layers():
+        return convert_first_working(model, routes, opset, onnx_path, [port.name for port in output_ports(model)])
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:

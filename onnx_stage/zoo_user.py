@@ -40,14 +40,31 @@ def bilinear_upsampling() -> Any:
     return keras.Model(image, keras.layers.Conv2D(2, 3, padding="same")(x), name="bilinear_upsampling")
 
 
-def upsampling_modes() -> Any:
-    """Every UpSampling2D interpolation Keras offers, on a dynamic image size."""
-    keras = _keras()
-    image = keras.Input((None, None, 2), name="image")
-    x = keras.layers.MaxPooling2D(2)(image)
-    branches = [keras.layers.UpSampling2D(2, interpolation=mode)(x)
-                for mode in ["nearest", "bilinear", "bicubic", "lanczos3", "lanczos5", "area"]]
-    return keras.Model(image, keras.layers.Concatenate()(branches), name="upsampling_modes")
+def upsampling(name: str, modes: list[str], factor: tuple[int, int] = (2, 4)) -> Callable[[], Any]:
+    """UpSampling2D with each of `modes` on a dynamic image size, concatenated."""
+    def build() -> Any:
+        keras = _keras()
+        image = keras.Input((None, None, 2), name="image")
+        x = keras.layers.MaxPooling2D(2)(image)
+        branches = [keras.layers.UpSampling2D(factor, interpolation=mode, name=f"up_{mode}")(x) for mode in modes]
+        return keras.Model(image, keras.layers.Concatenate()(branches), name=name)
+
+    build.__name__ = name
+    return build
+
+
+def resize_modes(name: str, modes: list[str]) -> Callable[[], Any]:
+    """Resizing to 20×25 with each of `modes` on a 30×40 image (down) and to 45×50 (up), concatenated per size."""
+    def build() -> Any:
+        keras = _keras()
+        image = keras.Input((30, 40, 2), name="image")
+        outputs = [keras.layers.Concatenate(name=f"{name}_{h}x{w}")(
+                       [keras.layers.Resizing(h, w, interpolation=mode, name=f"resize_{mode}_{h}")(image)
+                        for mode in modes]) for h, w in [(20, 25), (45, 50)]]
+        return keras.Model(image, outputs, name=name)
+
+    build.__name__ = name
+    return build
 
 
 def stateful_lstm() -> Any:
@@ -102,9 +119,104 @@ def resizing(name: str, height: int, width: int, input_hw: tuple[int, int], **kw
     return build
 
 
+# Every preprocessing layer of keras.layers (Keras 3.15) in a one-layer model: constructor arguments, and the input
+# it takes ("image": 32×32×3 pixels, "ids": int64 token ids, "values": floats, "audio": a waveform, "text": strings).
+# Random augmentation layers compute the identity at inference (training=False), which is what is converted.
+PREPROCESSING_LAYERS: dict[str, tuple[dict[str, Any], str]] = {
+    "Rescaling": ({"scale": 1 / 255.0}, "image"),
+    "Normalization": ({"mean": 120.0, "variance": 900.0}, "image"),
+    "Resizing": ({"height": 16, "width": 16}, "image"),
+    "CenterCrop": ({"height": 20, "width": 20}, "image"),
+    "AutoContrast": ({"value_range": (0, 255)}, "image"),
+    "Equalization": ({"value_range": (0, 255)}, "image"),
+    "Solarization": ({"threshold_factor": 0.5, "value_range": (0, 255)}, "image"),
+    "RandomFlip": ({}, "image"),
+    "RandomRotation": ({"factor": 0.2}, "image"),
+    "RandomZoom": ({"height_factor": 0.2}, "image"),
+    "RandomTranslation": ({"height_factor": 0.1, "width_factor": 0.1}, "image"),
+    "RandomCrop": ({"height": 20, "width": 20}, "image"),
+    "RandomContrast": ({"factor": 0.2}, "image"),
+    "RandomBrightness": ({"factor": 0.2}, "image"),
+    "RandomGrayscale": ({}, "image"),
+    "RandomHue": ({"factor": 0.2}, "image"),
+    "RandomSaturation": ({"factor": 0.2}, "image"),
+    "RandomSharpness": ({"factor": 0.2}, "image"),
+    "RandomShear": ({"x_factor": 0.2}, "image"),
+    "RandomPerspective": ({}, "image"),
+    "RandomColorJitter": ({"brightness_factor": 0.2}, "image"),
+    "RandomColorDegeneration": ({"factor": 0.2}, "image"),
+    "RandomPosterization": ({"factor": (1, 8)}, "image"),
+    "RandomInvert": ({}, "image"),
+    "RandomElasticTransform": ({}, "image"),
+    "RandomErasing": ({}, "image"),
+    "RandomGaussianBlur": ({}, "image"),
+    "AugMix": ({}, "image"),
+    "RandAugment": ({}, "image"),
+    "CutMix": ({}, "image"),
+    "MixUp": ({}, "image"),
+    "IntegerLookup": ({"vocabulary": [12, 7, 99, 3]}, "ids"),
+    "CategoryEncoding": ({"num_tokens": 10, "output_mode": "multi_hot"}, "ids"),
+    "Hashing": ({"num_bins": 8}, "ids"),
+    "Discretization": ({"bin_boundaries": [-1.0, 0.0, 1.0]}, "values"),
+    "MelSpectrogram": ({"sequence_stride": 64, "fft_length": 128, "num_mel_bins": 16}, "audio"),
+    "STFTSpectrogram": ({"frame_length": 64, "frame_step": 32}, "audio_channels"),
+    "StringLookup": ({"vocabulary": ["a", "b", "c"]}, "text"),
+    "TextVectorization": ({"vocabulary": ["a", "b", "c"], "output_sequence_length": 4}, "text"),
+    "HashedCrossing": ({"num_bins": 8}, "pair"),
+}
+
+
+def preprocessing_layer(class_name: str) -> Callable[[], Any]:
+    """A model of one PREPROCESSING_LAYERS layer on its kind of input, then a small trainable layer."""
+    def build() -> Any:
+        keras = _keras()
+        kwargs, kind = PREPROCESSING_LAYERS[class_name]
+        layer = getattr(keras.layers, class_name)(name=class_name.lower(), **kwargs)
+        if kind == "pair":
+            inputs = [keras.Input((1,), dtype="int64", name="a"), keras.Input((1,), dtype="int64", name="b")]
+            return keras.Model(inputs, layer(tuple(inputs)), name=f"layer_{class_name}")
+        shapes = {"image": ((32, 32, 3), "float32"), "ids": ((5,), "int64"), "values": ((4,), "float32"),
+                  "audio": ((1024,), "float32"), "audio_channels": ((1024, 1), "float32"), "text": ((1,), "string")}
+        shape, dtype = shapes[kind]
+        inputs = keras.Input(shape, dtype=dtype, name=kind)
+        x = layer(inputs)
+        if kind == "image":
+            x = keras.layers.Conv2D(2, 3)(x)
+        return keras.Model(inputs, x, name=f"layer_{class_name}")
+
+    build.__name__ = f"layer_{class_name}"
+    return build
+
+
+# What the stage does with each preprocessing layer (measured: benchmarks/coverage.py --user-models); the rest convert.
+PREPROCESSING_OUTCOMES: dict[str, str] = {}
+
 USER_MODELS_LIST = [
     UserModel("MobileNetV3Small_dynamic", mobilenet_v3("MobileNetV3Small"), "converts"),
     UserModel("MobileNetV3Large_dynamic", mobilenet_v3("MobileNetV3Large"), "converts", in_ci=False),
+    UserModel("bilinear_upsampling", bilinear_upsampling, "converts"),
+    UserModel("upsampling_modes", upsampling("upsampling_modes", ["nearest", "bilinear", "bicubic", "area"]),
+              "converts"),
+    UserModel("upsampling_lanczos", upsampling("upsampling_lanczos", ["bilinear", "lanczos3"]),
+              "refused: UpSampling2D"),
+    UserModel("upsampling_bicubic_3", upsampling("upsampling_bicubic_3", ["bicubic"], (3, 3)),
+              "refused: UpSampling2D"),
+    UserModel("resize_modes", resize_modes("resize_modes", ["nearest", "bilinear", "bicubic", "area", "lanczos3",
+                                                            "lanczos5"]), "converts"),
+    UserModel("stateful_lstm", stateful_lstm, "refused: LSTM"),
+    UserModel("text_vectorization", text_vectorization, "refused: TextVectorization"),
+    UserModel("integer_lookup", integer_lookup, "converts"),
+    UserModel("discretization_one_hot", discretization_one_hot, "converts"),
+    UserModel("category_encodings", category_encodings, "converts"),
+    UserModel("resize_antialias_17", resizing("resize_antialias_17", 24, 24, (64, 64), antialias=True),
+              "refused: Resizing"),
+    UserModel("resize_antialias_18", resizing("resize_antialias_18", 24, 24, (64, 64), antialias=True),
+              "converts", opset=18),
+    UserModel("resize_area", resizing("resize_area", 20, 25, (30, 40), interpolation="area"), "converts"),
+    UserModel("resize_area_integer", resizing("resize_area_integer", 10, 10, (30, 40), interpolation="area"),
+              "converts"),
+    *(UserModel(f"layer_{name}", preprocessing_layer(name), PREPROCESSING_OUTCOMES.get(name, "converts"), in_ci=False)
+      for name in PREPROCESSING_LAYERS),
 ]
 
 USER_MODELS: dict[str, UserModel] = {model.name: model for model in USER_MODELS_LIST}

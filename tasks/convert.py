@@ -22,6 +22,9 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         outcome = worker.call("convert", routes=SOURCE_KINDS[source.kind].routes(config.routes), opset=config.opset,
                               onnx_path=str(onnx_path))
     except WorkerError as error:
+        refusal = str(error).partition("refused before conversion: ")[2]
+        if refusal:  # a layer no route can convert faithfully (keras_layers): said as such, not as a failure
+            raise StageError(f"{source.ref.describe()} refused before conversion: {refusal}") from None
         raise StageError(f"conversion of {source.ref.describe()} failed: {error}") from None
     artifacts = OnnxArtifacts(
         onnx_path=onnx_path,

@@ -3,12 +3,14 @@ conversion with one line naming the Keras layer, why, and what to do. Through th
 code and one Keras child process, without MLflow or Prefect."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from onnx_stage.config import ConvertConfig, ValidateConfig
-from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.errors import StageError
+from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.zoo import save_models_in_child
 from onnx_stage.zoo_user import USER_MODELS
 from tasks.convert import convert_source
@@ -21,6 +23,9 @@ CONVERTS = [name for name in CI_MODELS if USER_MODELS[name].expected == "convert
 REFUSED = [name for name in CI_MODELS if USER_MODELS[name].expected.startswith("refused")]
 
 # MobileNetV3 with input (None, None, 3): images of 32×32 (its smallest size) and 64×64, never 3×3 (a sequence length)
+# What each refusal tells the user to do
+REFUSAL_ADVICE = {"LSTM": "build the same model with stateful=False", "Resizing": "--set convert.opset=18",
+                  "UpSampling2D": "use ", "TextVectorization": "split"}
 CASES = {"MobileNetV3Small_dynamic": ["generated batch 1", "generated batch 16", "generated batch 1, image 64×64"]}
 
 
@@ -41,3 +46,18 @@ def test_user_model_converts_with_parity(name: str, models_dir: Path, worker: Ke
     if name in CASES:
         assert [case.label for case in report.cases] == CASES[name]
 
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_user_model_is_refused_before_conversion_naming_the_layer(name: str, models_dir: Path, worker: KerasWorker,
+                                                                   tmp_path: Path) -> None:
+    """One line naming the layer class, why, and what to do; nothing converted. A model taking strings may already be
+    refused when it loads (its string input), else the layer is refused before any route runs."""
+    layer = USER_MODELS[name].expected.removeprefix("refused: ")
+    with pytest.raises((StageError, WorkerError)) as refusal:
+        source = load_source(ModelRef(name=name, path=str(models_dir / f"{name}.keras")), worker, tmp_path)
+        convert_source(source, worker, ConvertConfig(opset=USER_MODELS[name].opset), tmp_path / "onnx")
+    message = str(refusal.value)
+    assert layer in message and REFUSAL_ADVICE[layer] in message and "\n" not in message
+    assert "takes strings" in message or re.search(rf"refused before conversion: {layer} layer '\w+' ", message)
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
