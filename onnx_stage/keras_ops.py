@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 # The Keras routes, imported when the child starts (it imports this module while the parent fetches the model)
+from onnx_stage.keras_checks import refuse_unconvertible
 from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers
 from onnx_stage.routes import (convert_first_working, keras_export, one_line, onnxmltools_route,  # noqa: F401
                                tf2onnx_handlers, tf2onnx_lean, tf2onnx_route)
@@ -23,11 +24,16 @@ State = dict[str, Any]
 
 def load_model(state: State, model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     for module in custom_object_modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"custom object module {module!r} cannot be imported ({error}): install it where the "
+                             "stage runs or fix convert.custom_object_modules") from None
     try:
         model = keras.models.load_model(model_file, compile=False, safe_mode=True)
     except TypeError as error:
         raise ValueError(_unregistered_class_hint(str(error)) or one_line(error)) from None
+    refuse_unconvertible(model.weights, input_ports(model))
     state["model"] = model
     return {
         "inputs": [asdict(port) for port in input_ports(model)],

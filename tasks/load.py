@@ -16,8 +16,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from onnx_stage.errors import StageError
-from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.sources import detect_source
+from onnx_stage.sources.file_checks import check_model_file
 from tasks.records import ModelRef, SourceModel, TensorSpec
 
 
@@ -26,8 +27,13 @@ def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
     version = None if ref.path else resolve_version(MlflowClient(), ref)
     artifact_dir = fetch_artifacts(ref, version, work_dir / "source")
     source = detect_source(artifact_dir)
+    check_model_file(source.path)
     worker.serve(source.kind.operations)
-    interface = worker.call("load_model", model_file=str(source.path), custom_object_modules=tuple(custom_object_modules))
+    try:
+        interface = worker.call("load_model", model_file=str(source.path),
+                                custom_object_modules=tuple(custom_object_modules))
+    except WorkerError as error:
+        raise StageError(f"cannot load {ref.describe()}: {error}") from None
     inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
     return SourceModel(
         ref=ref,
