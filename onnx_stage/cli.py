@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import tempfile
+from typing import TextIO
 
 from onnx_stage.config import ConfigError, load_config
 from onnx_stage.errors import StageError
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or bool(os.environ.get("ONNX_STAGE_DEBUG"))
     # Prefect's ephemeral server otherwise phones home (no network here) and races its own sqlite writes
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    errors = sys.stderr if debug else _log_to_stdout()
     try:
         config = load_config(args.config, args.overrides)
         from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
@@ -37,17 +41,38 @@ def main(argv: list[str] | None = None) -> int:
         twin = convert_model(model_name=args.model, version=args.version, alias=args.alias, path=args.path,
                              config=config)
     except (StageError, ConfigError) as error:
-        print(f"onnx-stage: error: {error}", file=sys.stderr)
+        print(f"onnx-stage: error: {_one_line(str(error))}", file=errors, flush=True)
         return 1
     except Exception as error:
         if debug:
             raise
-        print(f"onnx-stage: error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"onnx-stage: error: {_one_line(f'{type(error).__name__}: {error}')} (rerun with --debug for the "
+              "traceback)", file=errors, flush=True)
         return 1
     status = "registered" if twin.created else "already registered, nothing new created"
     print(f"\n{twin.name} version {twin.version} ({status}): {twin.uri}")
     return 0
+
+
+def _log_to_stdout() -> TextIO:
+    """Send everything the run logs (Prefect's task log, MLflow's and TensorFlow's warnings, progress bars) to stdout,
+    for this process and the ones it starts; return a stream on the real stderr for the one error line. Called
+    in-process with stderr already redirected (pytest's capsys), it leaves the file descriptors alone."""
+    if sys.stderr is not sys.__stderr__ or sys.__stderr__ is None:
+        return sys.stderr
+    sys.stderr.flush()
+    errors = os.fdopen(os.dup(2), "w")
+    os.dup2(1, 2)
+    return errors
+
+
+def _one_line(message: str) -> str:
+    """The error as one line; a full disk gets the fix (where the scratch files go) added."""
+    line = " ".join(message.split())
+    if os.strerror(errno.ENOSPC) in line and "TMPDIR" not in line:
+        line += (f"; free space there, or point TMPDIR at a disk with room (scratch files go to "
+                 f"{tempfile.gettempdir()})")
+    return line
 
 
 def _hide_tracebacks() -> None:

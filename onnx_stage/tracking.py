@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import os
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+
+from onnx_stage.errors import StageError
 
 
 def stage_home() -> Path:
@@ -13,12 +18,39 @@ def stage_home() -> Path:
 
 
 def configure_tracking() -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI or the embedded store; raises StageError if a tracking server does not
+    answer (see check_reachable)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{stage_home() / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def check_reachable(uri: str, attempts: int | None = None, timeout_seconds: float | None = None) -> None:
+    """Fail within seconds, naming the URI, when an http(s) tracking server does not answer at all (any HTTP status
+    counts as an answer), rather than after minutes of MLflow's retries. `ONNX_STAGE_MLFLOW_CHECK_ATTEMPTS` (3) and
+    `ONNX_STAGE_MLFLOW_CHECK_TIMEOUT` (5 s per attempt) override the defaults; other URIs pass unchecked.
+
+    Raises StageError."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    attempts = attempts or int(os.environ.get("ONNX_STAGE_MLFLOW_CHECK_ATTEMPTS", "3"))
+    timeout_seconds = timeout_seconds or float(os.environ.get("ONNX_STAGE_MLFLOW_CHECK_TIMEOUT", "5"))
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_seconds):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered: authentication, a proxy's 404 and the like are MLflow's to report
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+    raise StageError(f"cannot reach MLflow at {uri} ({reason}; {attempts} attempts): start the tracking server "
+                     "or set MLFLOW_TRACKING_URI to one that runs (unset: the embedded store under ONNX_STAGE_HOME)")
 
 
 def use_experiment(name: str) -> str:
