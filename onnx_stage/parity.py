@@ -1,4 +1,9 @@
-"""Pure comparison of two sets of model outputs, and the generated inputs they are computed on."""
+"""Pure comparison of two sets of model outputs, and the generated inputs they are computed on.
+
+One rule for every comparison of the stage (validation, variant gates, served options, the consumer check): a value
+passes only if both sides are finite and |actual - expected| <= atol + rtol * |expected|; NaN or ±inf on either side
+fails, even where both sides agree on it (out_of_tolerance_mask, close_enough). The figures say so too: max abs/rel
+error and cosine are NaN, rows holding NaN/inf disagree on argmax, and each side's non-finite values are counted."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,24 +12,54 @@ from tasks.records import OutputParity, TensorSpec
 
 
 def compare_output(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputParity:
+    """Parity figures of one output by the one rule (module docstring). Raises ValueError if the shapes differ."""
     if expected.shape != actual.shape:
         raise ValueError(f"output {name!r}: Keras shape {expected.shape} but ONNX shape {actual.shape}")
     expected64, actual64 = expected.astype(np.float64), actual.astype(np.float64)
-    difference = np.abs(actual64 - expected64)
-    relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float32).tiny)
-    out_of_tolerance = difference > atol + rtol * np.abs(expected64)
+    finite = np.isfinite(expected64) & np.isfinite(actual64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        difference = np.abs(actual64 - expected64)
+        relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float32).tiny)
+    out_of_tolerance = out_of_tolerance_mask(expected64, actual64, atol, rtol)
     is_classifier = expected.ndim == 2 and expected.shape[1] > 1
     return OutputParity(
         output=name, atol=atol, rtol=rtol,
-        max_abs=float(difference.max(initial=0.0)),
-        max_rel=float(relative.max(initial=0.0)),
+        max_abs=_largest(difference, finite),
+        max_rel=_largest(relative, finite),
         mean_abs=float(difference.mean()) if difference.size else 0.0,
-        cosine_similarity=_cosine(expected64.ravel(), actual64.ravel()),
+        cosine_similarity=_cosine(expected64.ravel(), actual64.ravel()) if finite.all() else float("nan"),
         fraction_out_of_tolerance=float(out_of_tolerance.mean()) if difference.size else 0.0,
         within_tolerance=not bool(out_of_tolerance.any()),
-        argmax_agreement=float(np.mean(expected.argmax(1) == actual.argmax(1))) if is_classifier else None,
+        argmax_agreement=float(np.mean((expected.argmax(1) == actual.argmax(1)) & finite.all(axis=1)))
+        if is_classifier else None,
         top5_overlap=_top_k_overlap(expected, actual, 5) if is_classifier and expected.shape[1] > 5 else None,
+        non_finite_source=int((~np.isfinite(expected64)).sum()),
+        non_finite_onnx=int((~np.isfinite(actual64)).sum()),
     )
+
+
+def _largest(values: np.ndarray, finite: np.ndarray) -> float:
+    """The largest error; NaN when either side holds NaN/±inf, so no figure looks fine next to a non-finite value."""
+    return float(values.max(initial=0.0)) if finite.all() else float("nan")
+
+
+def cosine_at_least(parity: OutputParity, floor: float) -> bool:
+    """Whether the output's cosine similarity reaches `floor`; a NaN cosine (non-finite outputs) never does."""
+    return bool(parity.cosine_similarity >= floor)
+
+
+def out_of_tolerance_mask(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """The one parity rule, elementwise: |actual − expected| ≤ atol + rtol·|expected| (numpy.isclose's rule), and a
+    NaN or ±inf on either side is always out of tolerance, even where both sides agree on it."""
+    expected64, actual64 = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    finite = np.isfinite(expected64) & np.isfinite(actual64)
+    with np.errstate(invalid="ignore"):
+        return ~finite | (np.abs(actual64 - expected64) > atol + rtol * np.abs(expected64))
+
+
+def close_enough(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> bool:
+    """Whether every element passes the parity rule (out_of_tolerance_mask); arrays of another shape never do."""
+    return np.shape(expected) == np.shape(actual) and not out_of_tolerance_mask(expected, actual, atol, rtol).any()
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,7 +75,8 @@ def _top_k_overlap(expected: np.ndarray, actual: np.ndarray, k: int) -> float:
 
 def output_passes(parity: OutputParity, min_argmax_agreement: float) -> bool:
     argmax_ok = parity.argmax_agreement is None or parity.argmax_agreement >= min_argmax_agreement
-    return parity.within_tolerance and argmax_ok
+    finite = not (parity.non_finite_source or parity.non_finite_onnx)
+    return parity.within_tolerance and argmax_ok and finite
 
 
 def generated_inputs(specs: list[TensorSpec], batch_size: int, rng: np.random.Generator,

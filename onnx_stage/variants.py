@@ -21,7 +21,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from onnx_stage.config import VariantConfig, VariantKind
-from onnx_stage.parity import compare_output, output_passes
+from onnx_stage.parity import compare_output, cosine_at_least, output_passes
 from onnx_stage.quantize import quantize_static_qdq
 from tasks.records import BenchReport, OutputParity, ParityReport
 
@@ -53,13 +53,13 @@ def build_variant(kind: VariantKind, onnx_path: Path, out_dir: Path,
 
 
 def passes_gate(parity: OutputParity, variant: VariantConfig) -> bool:
-    return output_passes(parity, variant.min_argmax_agreement) and parity.cosine_similarity >= variant.min_cosine
+    return output_passes(parity, variant.min_argmax_agreement) and cosine_at_least(parity, variant.min_cosine)
 
 
 def cosine_refusal(report: ParityReport, variant: VariantConfig) -> str | None:
     """Why the variant fails its cosine floor on some validation case, or None."""
     low = [(case.label, output) for case in report.cases for output in case.outputs
-           if output.cosine_similarity < variant.min_cosine]
+           if not cosine_at_least(output, variant.min_cosine)]
     if not low:
         return None
     figures = "; ".join(f"{label} / {output.output}: {output.cosine_similarity:.5f}" for label, output in low[:4])

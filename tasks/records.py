@@ -127,6 +127,8 @@ class OutputParity(Record):
     within_tolerance: bool
     argmax_agreement: float | None = Field(None, description="Classifier outputs: rows whose argmax agrees.")
     top5_overlap: float | None = Field(None, description="Classifier outputs with > 5 classes: mean top-5 overlap.")
+    non_finite_source: int = Field(0, description="NaN/±inf values in the source model's output (each one fails).")
+    non_finite_onnx: int = Field(0, description="NaN/±inf values in the ONNX output (each one fails).")
 
 
 class ParityCase(Record):

@@ -77,3 +77,49 @@ def test_tuned_options_are_dropped_when_the_full_measurement_does_not_confirm_th
     assert slower.speedup(1) == pytest.approx(5.0)
     faster = keep_tuning_only_if_faster(report(0.5))
     assert faster.session_options and faster.speedup(1) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("side", ["source", "onnx", "both"])
+def test_non_finite_values_fail_every_comparison(bad: float, side: str) -> None:
+    from onnx_stage.parity import close_enough, cosine_at_least
+
+    expected = np.array([[0.1, 0.7, 0.2], [0.3, 0.3, 0.4]], dtype="float32")
+    actual = expected.copy()
+    for array in {"source": [expected], "onnx": [actual], "both": [expected, actual]}[side]:
+        array[0, 1] = bad
+    parity = compare_output("probs", expected, actual, atol=1e9, rtol=1e9)  # no tolerance excuses a NaN
+
+    assert not parity.within_tolerance and parity.fraction_out_of_tolerance == pytest.approx(1 / 6)
+    assert not output_passes(parity, min_argmax_agreement=0.0)
+    assert np.isnan(parity.max_abs) and np.isnan(parity.max_rel) and np.isnan(parity.cosine_similarity)
+    assert not cosine_at_least(parity, -1.0)
+    assert parity.argmax_agreement == 0.5  # the row holding the NaN/inf disagrees, the other agrees
+    assert (parity.non_finite_source, parity.non_finite_onnx) == {
+        "source": (1, 0), "onnx": (0, 1), "both": (1, 1)}[side]
+    assert not close_enough(expected, actual, atol=1e9, rtol=1e9)  # np.allclose would pass inf == inf
+
+
+def test_close_enough_is_the_same_rule_as_compare_output() -> None:
+    from onnx_stage.parity import close_enough
+
+    expected = np.array([1.0, 100.0], dtype="float32")
+    actual = np.array([1.001, 100.05], dtype="float32")
+    assert not close_enough(expected, actual, atol=1e-4, rtol=1e-4)
+    assert close_enough(expected, actual, atol=2e-3, rtol=1e-3)
+    assert not close_enough(expected, actual[:1], atol=1, rtol=1)  # another shape never agrees
+
+
+def test_a_variant_gate_refuses_a_nan_cosine() -> None:
+    from onnx_stage.config import VariantConfig
+    from onnx_stage.variants import cosine_refusal, passes_gate
+    from tasks.records import ParityCase, ParityReport
+
+    expected = np.array([[0.1, 0.9], [0.8, 0.2]], dtype="float32")
+    actual = expected.copy()
+    actual[1, 0] = np.nan
+    parity = compare_output("p", expected, actual, atol=1, rtol=1)
+    variant = VariantConfig(kind="fp16", atol=1, rtol=1, min_argmax_agreement=0.0, min_cosine=-1.0)
+    assert not passes_gate(parity, variant)
+    report = ParityReport.model_construct(cases=[ParityCase(label="generated", batch_size=2, outputs=[parity])])
+    assert "cosine similarity to Keras below min_cosine" in cosine_refusal(report, variant)
