@@ -30,7 +30,12 @@ KERAS_OPERATIONS = "onnx_stage.keras_ops"
 
 
 class WorkerError(RuntimeError):
-    """The child failed a request, died, or ran out of time."""
+    """The child failed a request, died, or ran out of time. `signal_number`: the signal that killed the child
+    during a convert request (a route that crashed it), else None."""
+
+    def __init__(self, message: str, signal_number: int | None = None) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
 
 
 class KerasWorker:
@@ -39,9 +44,16 @@ class KerasWorker:
     The child imports its operations module as soon as it starts, so Keras' TensorFlow import overlaps the
     parent's download of the model (most sources are Keras); serve() swaps in another kind's child."""
 
+    # A child that dies after its model loaded is replaced (the model loaded again) at most this often per worker
+    RESPAWNS = 3
+
     def __init__(self, timeout_seconds: float, operations: str = KERAS_OPERATIONS) -> None:
         self.timeout_seconds = timeout_seconds
         self._closed = True
+        self._generation, self._respawns_left = 0, self.RESPAWNS
+        self._load_request: dict[str, Any] | None = None  # replayed into a replacement child
+        self._last_death: tuple[str, int | None] = ("", None)  # why the last child died, and the signal
+        self._respawning = threading.RLock()
         self._start_child(operations)
 
     def _start_child(self, operations: str) -> None:
@@ -88,9 +100,10 @@ class KerasWorker:
             request_id = next(self._request_ids)
             self._waiting[request_id] = answer
             self._conn.send((request_id, operation, kwargs))
-        return PendingCall(self, operation, answer)
+        return PendingCall(self, operation, answer, kwargs, self._generation)
 
-    def _receive(self, operation: str, answer: Future) -> Any:
+    def _receive(self, operation: str, answer: Future, kwargs: dict[str, Any] | None = None,
+                 generation: int = 0, retried: bool = False) -> Any:
         try:
             status, payload = answer.result(timeout=self.timeout_seconds)
         except FutureTimeout:
@@ -102,12 +115,43 @@ class KerasWorker:
         if status == "gone":
             if self._closed:
                 raise WorkerError(f"the child process was stopped during {operation}")
-            self._process.wait(timeout=10)
-            raise WorkerError(f"the child process died during {operation} ({self._exit_reason()})"
-                              f"{self._log_tail()}")
+            return self._after_death(operation, kwargs or {}, generation, retried)
         if status == "error":
             raise WorkerError(payload)
+        if operation == "load_model":
+            self._load_request = kwargs
         return payload
+
+    def _after_death(self, operation: str, kwargs: dict[str, Any], generation: int, retried: bool) -> Any:
+        """The child died under a request. Once a model was loaded, the child is replaced (the model loaded again)
+        so that one crash (a converter route that segfaults or aborts) costs that request, not the flow run: a
+        convert request fails with the signal (tasks/convert.py goes on with the next route), any other request is
+        sent again once to the new child (the reference predictions the child made while converting)."""
+        with self._respawning:  # the first request to see the death replaces the child; the others find it done
+            if generation == self._generation:
+                self._process.wait(timeout=10)
+                code = self._process.returncode
+                self._last_death = (f"the child process died during {operation} ({self._exit_reason()})"
+                                    f"{self._log_tail()}", -code if code is not None and code < 0 else None)
+                if self._load_request is None or self._respawns_left <= 0 or self._closed:
+                    raise WorkerError(self._last_death[0], self._last_death[1] if operation == "convert" else None)
+                self._respawn()
+        reason, signal_number = self._last_death
+        if operation == "convert" or retried:
+            raise WorkerError(reason, signal_number if operation == "convert" else None)
+        pending = self.start(operation, **kwargs)
+        return self._receive(operation, pending._answer, kwargs, pending._generation, retried=True)
+
+    def _respawn(self) -> None:
+        """A new child in place of the dead one, with the last loaded model loaded again."""
+        self._respawns_left -= 1
+        self._reader.join(timeout=10)
+        self._conn.close()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+        self._start_child(self.operations)
+        self._generation += 1
+        self.call("load_model", **self._load_request)
 
     def close(self) -> None:
         if self._closed:
@@ -154,11 +198,13 @@ def _read_answers(conn: Connection, waiting: dict[int, Future], lock: threading.
 class PendingCall:
     """A request the child is working on; result() waits for its answer (bounded by the worker's timeout)."""
 
-    def __init__(self, worker: KerasWorker, operation: str, answer: Future) -> None:
+    def __init__(self, worker: KerasWorker, operation: str, answer: Future, kwargs: dict[str, Any],
+                 generation: int) -> None:
         self._worker, self._operation, self._answer = worker, operation, answer
+        self._kwargs, self._generation = kwargs, generation
 
     def result(self) -> Any:
-        return self._worker._receive(self._operation, self._answer)
+        return self._worker._receive(self._operation, self._answer, self._kwargs, self._generation)
 
 
 def _serve(conn: Connection, operations_module: str) -> None:

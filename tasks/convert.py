@@ -1,7 +1,9 @@
 """convert: source → ONNX in the child process (the kind's routes tried in order), then the JSON and text renderings."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from typing import Any
 
 import onnx
 from prefect import task
@@ -10,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from onnx_stage.config import ConvertConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker, WorkerError
+from onnx_stage.routes import crash_marker
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sources import SOURCE_KINDS
 from tasks.records import OnnxArtifacts, SourceModel
@@ -19,8 +22,8 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     try:
-        outcome = worker.call("convert", routes=SOURCE_KINDS[source.kind].routes(config.routes), opset=config.opset,
-                              onnx_path=str(onnx_path))
+        outcome = convert_surviving_crashes(worker, SOURCE_KINDS[source.kind].routes(config.routes), config.opset,
+                                            onnx_path)
     except WorkerError as error:
         refusal = str(error).partition("refused before conversion: ")[2]
         if refusal:  # a layer no route can convert faithfully (keras_layers): said as such, not as a failure
@@ -40,6 +43,33 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
     write_renderings(onnx.load(str(onnx_path), load_external_data=False), artifacts.json_path, artifacts.text_path,
                      config.json_max_tensor_elements)
     return artifacts
+
+
+def convert_surviving_crashes(worker: KerasWorker, routes: list[str], opset: int, onnx_path: Path) -> dict[str, Any]:
+    """The child's convert over `routes`; a route that kills the child (a crash or abort inside a converter: the
+    worker replaces the child and loads the model again) is reported as `route X crashed (signal N)` and the routes
+    after it are tried. The crash-free path costs one small file write per route (routes.crash_marker).
+
+    Raises WorkerError: every route failed (the crashed ones named in the message), or the child died otherwise."""
+    crashed: dict[str, str] = {}
+    while True:
+        try:
+            outcome = worker.call("convert", routes=routes, opset=opset, onnx_path=str(onnx_path))
+        except WorkerError as error:
+            marker = crash_marker(str(onnx_path))
+            if error.signal_number is None or not marker.is_file():
+                if crashed:
+                    raise WorkerError(f"{error}; {'; '.join(crashed.values())}") from None
+                raise
+            name = marker.read_text()
+            marker.unlink()
+            crashed[name] = f"route {name} crashed (signal {error.signal_number}, {signal.Signals(error.signal_number).name})"
+            routes = routes[routes.index(name) + 1:]
+            if not routes:
+                raise WorkerError("no converter route worked: " + "; ".join(crashed.values())) from None
+            continue
+        outcome["failures"] = {**crashed, **outcome["failures"]}
+        return outcome
 
 
 @task(name="convert", cache_policy=NO_CACHE)

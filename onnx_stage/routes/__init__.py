@@ -33,7 +33,14 @@ ROUTES: dict[str, str] = {
 
 
 def route(name: str) -> ModuleType:
-    return importlib.import_module(ROUTES[name])
+    """The route's module: a name in ROUTES, or the dotted path of a module with the same two functions."""
+    return importlib.import_module(ROUTES.get(name, name))
+
+
+def crash_marker(onnx_path: str) -> Path:
+    """The file that names the route being tried: if a route kills the child (a segfault or abort inside a
+    converter), the parent reads there which one it was (tasks/convert.py), reports it and goes on with the next."""
+    return Path(f"{onnx_path}.route")
 
 
 def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: str,
@@ -44,15 +51,19 @@ def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: 
     """
     failures: dict[str, str] = {}
     _reset_peak_rss()
+    marker = crash_marker(onnx_path)
     for name in routes:
         started = time.perf_counter()
+        marker.write_text(name)
         try:
             opset_used = _convert_with(name, model, opset, output_names, onnx_path)
         except Exception as error:
             failures[name] = one_line(error)
             continue
+        marker.unlink()
         return {"route": name, "failures": failures, "seconds": time.perf_counter() - started, "opset": opset_used,
                 "route_versions": route(name).versions(), "peak_rss_bytes": _peak_rss_bytes()}
+    marker.unlink(missing_ok=True)
     raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
 
 

@@ -61,3 +61,29 @@ def test_user_model_is_refused_before_conversion_naming_the_layer(name: str, mod
     assert layer in message and REFUSAL_ADVICE[layer] in message and "\n" not in message
     assert "takes strings" in message or re.search(rf"refused before conversion: {layer} layer '\w+' ", message)
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+CRASHING_ROUTE = '''
+import os, signal
+
+def convert(model, opset):
+    os.kill(os.getpid(), signal.SIGABRT)  # as a converter's failed C++ check does
+
+def versions():
+    return {}
+'''
+
+
+def test_a_route_that_crashes_costs_that_route_not_the_conversion(models_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "crashing_route.py").write_text(CRASHING_ROUTE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the child imports the route by its module path
+    config = ConvertConfig.model_construct(routes=["crashing_route", "tf2onnx_lean"], opset=17,
+                                           json_max_tensor_elements=1024)
+    with KerasWorker(timeout_seconds=300) as fresh:
+        source = load_source(ModelRef(name="lookup", path=str(models_dir / "integer_lookup.keras")), fresh, tmp_path)
+        converted = convert_source(source, fresh, config, tmp_path / "onnx")
+        report = check_parity(source, converted, fresh, ValidateConfig(), tmp_path)
+    assert converted.route == "tf2onnx_lean" and report.passed
+    assert converted.route_failures == {"crashing_route": "route crashing_route crashed (signal 6, SIGABRT)"}
+    assert not (tmp_path / "onnx" / "model.onnx.route").exists()
