@@ -23,7 +23,8 @@ def validation_inputs(source: SourceModel, worker: KerasWorker,
     """The version's input example, the user's sample data, then generated batches (batch 1 and N prove the
     dynamic batch dimension; other sequence lengths, and a second image size, prove dynamic inner dimensions where
     the model has them). Dynamic image height/width take a size the model accepts (sized_specs); a sequence length
-    the source model itself rejects (a Conv1D kernel longer than the sequence) is left out, not failed."""
+    the source model itself rejects (a Conv1D kernel longer than the sequence) is left out, not failed. A model that
+    returns its recurrent states and takes them back in is validated on two consecutive calls (next_call)."""
     example = _read_npz(source.input_example, source) if source.input_example else None
     cases = [("input example", example)] if example else []
     if config.sample_data:
@@ -39,7 +40,25 @@ def validation_inputs(source: SourceModel, worker: KerasWorker,
         bigger = _with_image_size(source.inputs, second_size)
         cases.append((f"generated batch 1, image {second_size}×{second_size}",
                       generated_inputs(bigger, 1, rng, example, hints)))
+    if source.kind in ("keras", "h5") and (pairs := worker.call("recurrent_state_pairs")):
+        batch = max(config.batch_sizes)
+        first_call = dict(cases)[f"generated batch {batch}"]
+        cases.append((f"generated batch {batch}, call 2 (the states call 1 returned)",
+                      next_call(worker, first_call, generated_inputs(specs, batch, rng, example, hints), pairs)))
     return cases
+
+
+def next_call(worker: KerasWorker, inputs: list[np.ndarray], fresh: list[np.ndarray],
+              pairs: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The inputs of a recurrent model's next call: `fresh` inputs, with each state input replaced by the state the
+    source model returned for `inputs` (pairs: output index, input index). Validating this second call proves the
+    ONNX model takes states in as Keras does, not only that it starts from zeros (which a model that ignored its
+    state inputs would also pass)."""
+    outputs = worker.call("predict", inputs=inputs)
+    following = list(fresh)
+    for output_index, input_index in pairs:
+        following[input_index] = np.asarray(outputs[output_index]).astype(fresh[input_index].dtype)
+    return following
 
 
 def sized_specs(specs: list[TensorSpec], worker: KerasWorker,

@@ -33,6 +33,8 @@ from keras.src.backend.tensorflow import image as tf_image
 from keras.src.layers.reshaping.up_sampling2d import UpSampling2D
 from tensorflow.python.ops import lookup_ops
 
+from onnx_stage.routes.signature import is_graph_network
+
 # Minimum ONNX opset of Resize's `antialias` attribute (onnx/defs/tensor/defs.cc, Resize-18).
 ANTIALIAS_OPSET = 18
 # Preprocessing layers that take or make strings, or hash with FarmHash/SipHash: ONNX has no such ops.
@@ -66,6 +68,10 @@ def _refusal(layer: keras.layers.Layer, opset: int) -> str | None:
                 f"TensorFlow does: {SPLIT_ADVICE}")
     if kind in ("IntegerLookup",) and getattr(layer, "num_oov_indices", 1) > 1 and layer.oov_method == "farmhash":
         return f"hashes out-of-vocabulary ids with FarmHash, which ONNX has no op for: use oov_method='floormod' or {SPLIT_ADVICE}"
+    if kind == "MelSpectrogram":
+        return ("takes the real and imaginary parts of TensorFlow's RFFT, which tf2onnx converts only when a magnitude "
+                "(ComplexAbs) follows it: use STFTSpectrogram (Keras computes it as convolutions, which convert) and a "
+                f"Dense layer holding the mel filterbank, or {SPLIT_ADVICE}")
     interpolation = getattr(layer, "interpolation", None)
     if kind == "Resizing" and getattr(layer, "antialias", False) and opset < ANTIALIAS_OPSET \
             and interpolation in ("bilinear", "bicubic"):
@@ -197,3 +203,25 @@ def _install() -> None:
 
 
 _install()
+
+
+def state_feedback(model: keras.Model) -> list[tuple[int, int]]:
+    """(output index, input index) pairs of a model that hands its recurrent state back to its caller: an RNN layer
+    (return_state=True) whose initial_state comes from a model input and whose state goes out as a model output. A
+    caller runs such a model step by step, feeding each call's states into the next; validation does the same."""
+    if not is_graph_network(model):  # a subclassed model has no layer graph to follow
+        return []
+    inputs, outputs = list(model.inputs), list(model.outputs)
+    pairs = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.RNN) or not getattr(layer, "return_state", False):
+            continue
+        for node in layer._inbound_nodes:
+            initial = keras.tree.flatten(node.arguments.kwargs.get("initial_state") or [])
+            states = node.outputs[len(node.outputs) - len(initial):] if initial else []
+            for given, returned in zip(initial, states):
+                into = [i for i, t in enumerate(inputs) if t is given]
+                out = [i for i, t in enumerate(outputs) if t is returned]
+                if into and out:
+                    pairs.append((out[0], into[0]))
+    return pairs

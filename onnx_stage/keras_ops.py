@@ -13,7 +13,7 @@ import tensorflow as tf
 
 # The Keras routes, imported when the child starts (it imports this module while the parent fetches the model)
 from onnx_stage.keras_checks import refuse_unconvertible
-from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers
+from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers, state_feedback
 from onnx_stage.routes import (convert_first_working, keras_export, one_line, onnxmltools_route,  # noqa: F401
                                tf2onnx_handlers, tf2onnx_lean, tf2onnx_route)
 from onnx_stage.routes.signature import input_ports, is_graph_network, output_ports
@@ -94,6 +94,11 @@ def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]
     return [{"name": layer.name, "kind": type(layer).__name__, "output": np.asarray(value),
              "parents": sorted({p.operation.name for node in layer._inbound_nodes for p in node.parent_nodes})}
             for layer, value in zip(layers, values)]
+
+
+def recurrent_state_pairs(state: State) -> list[tuple[int, int]]:
+    """(output index, input index) of each recurrent state the model returns and takes back (keras_layers)."""
+    return state_feedback(state["model"])
 
 
 def input_hints(state: State) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from onnx_stage.zoo import _keras
 class UserModel:
     name: str
     build: Callable[[], Any]
-    expected: str  # "converts", or "refused: <Keras layer class>"
+    expected: str  # "converts", "refused: <Keras layer class>", or "keras cannot load" (Keras' own bug)
     opset: int = 17
     in_ci: bool = True
 
@@ -72,6 +72,18 @@ def stateful_lstm() -> Any:
     sequence = keras.Input((3, 1), batch_size=1, name="sequence")
     x = keras.layers.LSTM(2, return_sequences=True, stateful=True, name="lstm")(sequence)
     return keras.Model(sequence, x, name="stateful_lstm")
+
+
+def multi_state_rnn() -> Any:
+    """A step model: the sequence and the LSTM's and GRU's states in, the prediction and the new states out."""
+    keras = _keras()
+    x = keras.Input((3, 2), name="x")
+    h, c, g = keras.Input((4,), name="lstm_h"), keras.Input((4,), name="lstm_c"), keras.Input((3,), name="gru_h")
+    seq, h_out, c_out = keras.layers.LSTM(4, return_sequences=True, return_state=True, name="lstm")(
+        x, initial_state=[h, c])
+    last, g_out = keras.layers.GRU(3, return_state=True, name="gru")(seq, initial_state=[g])
+    return keras.Model([x, h, c, g], [keras.layers.Dense(2, name="y")(last), h_out, c_out, g_out],
+                       name="multi_state_rnn")
 
 
 def text_vectorization() -> Any:
@@ -189,7 +201,11 @@ def preprocessing_layer(class_name: str) -> Callable[[], Any]:
 
 
 # What the stage does with each preprocessing layer (measured: benchmarks/coverage.py --user-models); the rest convert.
-PREPROCESSING_OUTCOMES: dict[str, str] = {}
+PREPROCESSING_OUTCOMES: dict[str, str] = {
+    **{name: f"refused: {name}" for name in ["TextVectorization", "StringLookup", "Hashing", "HashedCrossing",
+                                              "MelSpectrogram"]},
+    "RandomShear": "keras cannot load",  # Keras 3.15 cannot deserialize a saved model holding it
+}
 
 USER_MODELS_LIST = [
     UserModel("MobileNetV3Small_dynamic", mobilenet_v3("MobileNetV3Small"), "converts"),
@@ -204,6 +220,7 @@ USER_MODELS_LIST = [
     UserModel("resize_modes", resize_modes("resize_modes", ["nearest", "bilinear", "bicubic", "area", "lanczos3",
                                                             "lanczos5"]), "converts"),
     UserModel("stateful_lstm", stateful_lstm, "refused: LSTM"),
+    UserModel("multi_state_rnn", multi_state_rnn, "converts"),
     UserModel("text_vectorization", text_vectorization, "refused: TextVectorization"),
     UserModel("integer_lookup", integer_lookup, "converts"),
     UserModel("discretization_one_hot", discretization_one_hot, "converts"),

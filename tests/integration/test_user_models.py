@@ -26,7 +26,10 @@ REFUSED = [name for name in CI_MODELS if USER_MODELS[name].expected.startswith("
 # What each refusal tells the user to do
 REFUSAL_ADVICE = {"LSTM": "build the same model with stateful=False", "Resizing": "--set convert.opset=18",
                   "UpSampling2D": "use ", "TextVectorization": "split"}
-CASES = {"MobileNetV3Small_dynamic": ["generated batch 1", "generated batch 16", "generated batch 1, image 64×64"]}
+# A step model that returns its LSTM/GRU states and takes them back: a second call on the states of the first.
+CASES = {"MobileNetV3Small_dynamic": ["generated batch 1", "generated batch 16", "generated batch 1, image 64×64"],
+         "multi_state_rnn": ["generated batch 1", "generated batch 16",
+                             "generated batch 16, call 2 (the states call 1 returned)"]}
 
 
 @pytest.fixture(scope="module")
