@@ -16,6 +16,8 @@ from tasks.records import SourceModel, TensorSpec
 # smallest keras.applications accept (imagenet_utils.obtain_input_shape's min_size), the rest are their default
 # sizes (224; 299 Inception/Xception; 331 NASNetLarge) and the multiples of 32 a U-Net's skips need.
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299, 320, 331, 384, 512)
+# Lengths tried for dynamic sequence dimensions of generated batches when there is no input example.
+SEQUENCE_LENGTHS = (8, 16, 32, 64, 128, 256)
 
 
 def validation_inputs(source: SourceModel, worker: KerasWorker,
@@ -31,7 +33,9 @@ def validation_inputs(source: SourceModel, worker: KerasWorker,
         cases.append(("sample data", read_sample_data(config.sample_data, source, config.sample_rows)))
     rng, hints = np.random.default_rng(config.seed), worker.call("input_hints")
     specs, second_size = sized_specs(source.inputs, worker, example)
-    cases += [(f"generated batch {b}", generated_inputs(specs, b, rng, example, hints)) for b in config.batch_sizes]
+    length = default_length(worker, specs) if example is None else None
+    cases += [(f"generated batch {b}", generated_inputs(specs, b, rng, example, hints, length))
+              for b in config.batch_sizes]
     if has_dynamic_inner_dimension(specs):
         batch = max(config.batch_sizes)
         cases += [(f"generated batch {batch}, length {n}", generated_inputs(specs, batch, rng, example, hints, n))
@@ -59,6 +63,20 @@ def next_call(worker: KerasWorker, inputs: list[np.ndarray], fresh: list[np.ndar
     for output_index, input_index in pairs:
         following[input_index] = np.asarray(outputs[output_index]).astype(fresh[input_index].dtype)
     return following
+
+
+def default_length(worker: KerasWorker, specs: list[TensorSpec]) -> int | None:
+    """The length of dynamic sequence dimensions in the generated batches: the first of 8, 16, … 256 the source model
+    answers at (a Conv1D with a kernel of 9 rejects 8); None where no dimension is dynamic.
+
+    Raises StageError: it answers at none of them."""
+    if not has_dynamic_inner_dimension(specs):
+        return None
+    for length in SEQUENCE_LENGTHS:
+        if _accepted(worker, specs, length):
+            return length
+    raise StageError(f"the source model answers at none of the sequence lengths {SEQUENCE_LENGTHS} for its dynamic "
+                     "dimensions; log an input example with the model (mlflow input_example) so validation uses its size")
 
 
 def sized_specs(specs: list[TensorSpec], worker: KerasWorker,

@@ -66,8 +66,11 @@ def _refusal(layer: keras.layers.Layer, opset: int) -> str | None:
     if kind in STRING_LAYERS:
         return (f"works on strings or string hashes (FarmHash/SipHash), which standard ONNX ops cannot compute as "
                 f"TensorFlow does: {SPLIT_ADVICE}")
-    if kind in ("IntegerLookup",) and getattr(layer, "num_oov_indices", 1) > 1 and layer.oov_method == "farmhash":
+    if kind == "IntegerLookup" and layer.num_oov_indices > 1 and layer.oov_method == "farmhash":
         return f"hashes out-of-vocabulary ids with FarmHash, which ONNX has no op for: use oov_method='floormod' or {SPLIT_ADVICE}"
+    if kind == "IntegerLookup" and layer.num_oov_indices == 0 and not layer.invert:
+        return ("has num_oov_indices=0, so Keras raises on an id outside its vocabulary, which an ONNX model cannot "
+                "do (it would answer -1): set num_oov_indices=1, so that such ids map to the OOV index")
     if kind == "MelSpectrogram":
         return ("takes the real and imaginary parts of TensorFlow's RFFT, which tf2onnx converts only when a magnitude "
                 "(ComplexAbs) follows it: use STFTSpectrogram (Keras computes it as convolutions, which convert) and a "

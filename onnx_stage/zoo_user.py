@@ -67,6 +67,14 @@ def resize_modes(name: str, modes: list[str]) -> Callable[[], Any]:
     return build
 
 
+def conv1d_dynamic_length() -> Any:
+    """A dynamic-length signal through a kernel of 5: Keras itself rejects the configured length 3."""
+    keras = _keras()
+    signal = keras.Input((None, 4), name="signal")
+    x = keras.layers.Conv1D(6, 5, activation="relu")(signal)
+    return keras.Model(signal, keras.layers.Dense(2)(keras.layers.GlobalMaxPooling1D()(x)), name="conv1d_dynamic")
+
+
 def stateful_lstm() -> Any:
     keras = _keras()
     sequence = keras.Input((3, 1), batch_size=1, name="sequence")
@@ -219,6 +227,7 @@ USER_MODELS_LIST = [
               "refused: UpSampling2D"),
     UserModel("resize_modes", resize_modes("resize_modes", ["nearest", "bilinear", "bicubic", "area", "lanczos3",
                                                             "lanczos5"]), "converts"),
+    UserModel("conv1d_dynamic_length", conv1d_dynamic_length, "converts"),
     UserModel("stateful_lstm", stateful_lstm, "refused: LSTM"),
     UserModel("multi_state_rnn", multi_state_rnn, "converts"),
     UserModel("text_vectorization", text_vectorization, "refused: TextVectorization"),
