@@ -10,6 +10,8 @@ the conversion traces the model:
   Keras' own code around it. Memory: batch × length × vocabulary booleans.
 - UpSampling2D with bilinear/bicubic interpolation on a dynamic image size: Keras builds the size from the traced
   shape in a way TensorFlow's graph mode rejects; the same tf.image.resize on a size tensor becomes ONNX Resize.
+- keras.ops.stft (MelSpectrogram): TensorFlow's RFFT, whose real and imaginary parts tf2onnx cannot convert, becomes
+  the real DFT as two strided Conv1Ds with constant windowed cosine/sine kernels, as Keras' STFTSpectrogram does.
 - Resizing of a fixed-size image with interpolation area, bicubic, lanczos3 or lanczos5: TensorFlow's exact weights
   (read from TensorFlow by resizing the identity) as two constant MatMuls; area with integer factors as AveragePool.
   (ONNX Resize's cubic differs from TensorFlow's table-based bicubic by up to ~4e-4; it has no area or lanczos.)
@@ -30,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src import backend as keras_backend
 from keras.src.backend.tensorflow import image as tf_image
+from keras.src.backend.tensorflow import math as tf_math
 from keras.src.layers.reshaping.up_sampling2d import UpSampling2D
 from tensorflow.python.ops import lookup_ops
 
@@ -71,10 +74,6 @@ def _refusal(layer: keras.layers.Layer, opset: int) -> str | None:
     if kind == "IntegerLookup" and layer.num_oov_indices == 0 and not layer.invert:
         return ("has num_oov_indices=0, so Keras raises on an id outside its vocabulary, which an ONNX model cannot "
                 "do (it would answer -1): set num_oov_indices=1, so that such ids map to the OOV index")
-    if kind == "MelSpectrogram":
-        return ("takes the real and imaginary parts of TensorFlow's RFFT, which tf2onnx converts only when a magnitude "
-                "(ComplexAbs) follows it: use STFTSpectrogram (Keras computes it as convolutions, which convert) and a "
-                f"Dense layer holding the mel filterbank, or {SPLIT_ADVICE}")
     interpolation = getattr(layer, "interpolation", None)
     if kind == "Resizing" and getattr(layer, "antialias", False) and opset < ANTIALIAS_OPSET \
             and interpolation in ("bilinear", "bicubic"):
@@ -197,12 +196,46 @@ def resize_weights(size: int, out_size: int, interpolation: str, antialias: bool
         return resized.numpy()[0, :, 0, :]
 
 
+def _stft(x: tf.Tensor, sequence_length: int, sequence_stride: int, fft_length: int, window: Any = "hann",
+          center: bool = True) -> Any:
+    """Keras' stft (keras/src/backend/tensorflow/math.py: reflect-padded by fft_length // 2 when centred, the window
+    zero-padded to fft_length in the middle) with the real DFT as two strided Conv1Ds whose constant kernels are the
+    windowed cosines and negated sines, as Keras' own STFTSpectrogram computes it: no complex tensor, so no RFFT."""
+    if x.shape.rank is None or x.dtype not in (tf.float32, tf.float64) or fft_length < sequence_length:
+        return NotImplemented
+    x = tf.convert_to_tensor(x)
+    if center:
+        half = fft_length // 2
+        x = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]], mode="REFLECT")
+    with tf.init_scope():
+        if window is None:
+            weights = np.ones(sequence_length)
+        elif isinstance(window, str):
+            make = {"hann": tf.signal.hann_window, "hamming": tf.signal.hamming_window}.get(window)
+            if make is None:
+                return NotImplemented
+            weights = make(sequence_length, periodic=True, dtype=tf.float64).numpy()
+        else:
+            weights = np.asarray(keras.ops.convert_to_numpy(window), dtype=np.float64)
+    left = (fft_length - sequence_length) // 2
+    padded = np.zeros(fft_length)
+    padded[left:left + sequence_length] = weights
+    angles = 2 * np.pi * np.outer(np.arange(fft_length), np.arange(fft_length // 2 + 1)) / fft_length
+    dtype = x.dtype.as_numpy_dtype
+    signal = tf.expand_dims(tf.reshape(x, [-1, tf.shape(x)[-1]]), -1)  # (rows, time, 1)
+    parts = [tf.nn.conv1d(signal, tf.constant((padded[:, None] * basis)[:, None, :].astype(dtype)), sequence_stride,
+                          "VALID") for basis in (np.cos(angles), -np.sin(angles))]
+    frames_shape = tf.concat([tf.shape(x)[:-1], tf.shape(parts[0])[1:]], axis=0)
+    return tuple(tf.reshape(part, frames_shape) for part in parts)
+
+
 def _install() -> None:
     """Wrap the originals once, on import; they behave as before outside lowered_layers()."""
     base = lookup_ops.InitializableLookupTableBase
     base.lookup = _when_lowering(_table_lookup)(base.lookup)
     UpSampling2D._resize_images = _when_lowering(_upsample)(UpSampling2D._resize_images)
     tf_image.resize = _when_lowering(_resize)(tf_image.resize)
+    tf_math.stft = _when_lowering(_stft)(tf_math.stft)
 
 
 _install()

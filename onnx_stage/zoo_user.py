@@ -75,6 +75,15 @@ def conv1d_dynamic_length() -> Any:
     return keras.Model(signal, keras.layers.Dense(2)(keras.layers.GlobalMaxPooling1D()(x)), name="conv1d_dynamic")
 
 
+def mel_spectrogram() -> Any:
+    """Speech-style log-mel features: a 400-sample Hamming window in a 512-point FFT, 160-sample hop."""
+    keras = _keras()
+    audio = keras.Input((4000,), name="audio")
+    x = keras.layers.MelSpectrogram(fft_length=512, sequence_length=400, sequence_stride=160, window="hamming",
+                                    sampling_rate=16000, num_mel_bins=40, name="mel")(audio)
+    return keras.Model(audio, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)), name="mel_spectrogram")
+
+
 def stateful_lstm() -> Any:
     keras = _keras()
     sequence = keras.Input((3, 1), batch_size=1, name="sequence")
@@ -210,8 +219,7 @@ def preprocessing_layer(class_name: str) -> Callable[[], Any]:
 
 # What the stage does with each preprocessing layer (measured: benchmarks/coverage.py --user-models); the rest convert.
 PREPROCESSING_OUTCOMES: dict[str, str] = {
-    **{name: f"refused: {name}" for name in ["TextVectorization", "StringLookup", "Hashing", "HashedCrossing",
-                                              "MelSpectrogram"]},
+    **{name: f"refused: {name}" for name in ["TextVectorization", "StringLookup", "Hashing", "HashedCrossing"]},
     "RandomShear": "keras cannot load",  # Keras 3.15 cannot deserialize a saved model holding it
 }
 
@@ -228,6 +236,7 @@ USER_MODELS_LIST = [
     UserModel("resize_modes", resize_modes("resize_modes", ["nearest", "bilinear", "bicubic", "area", "lanczos3",
                                                             "lanczos5"]), "converts"),
     UserModel("conv1d_dynamic_length", conv1d_dynamic_length, "converts"),
+    UserModel("mel_spectrogram", mel_spectrogram, "converts"),
     UserModel("stateful_lstm", stateful_lstm, "refused: LSTM"),
     UserModel("multi_state_rnn", multi_state_rnn, "converts"),
     UserModel("text_vectorization", text_vectorization, "refused: TextVectorization"),
