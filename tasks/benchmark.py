@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from onnx_stage.config import BenchmarkConfig, VariantConfig
-from onnx_stage.inputs import sized_specs
+from onnx_stage.inputs import default_length, sized_specs
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
@@ -23,8 +23,9 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
         return BenchReport()
     rng = np.random.default_rng(0)
     hints = worker.call("input_hints")
-    specs, _ = sized_specs(source.inputs, worker)  # a dynamic image size the model accepts
-    batches = {b: generated_inputs(specs, b, rng, example=None, hints=hints) for b in config.batch_sizes}
+    specs, _ = sized_specs(source.inputs, worker)  # a dynamic image size and sequence length the model accepts
+    length = default_length(worker, specs)
+    batches = {b: generated_inputs(specs, b, rng, None, hints, length) for b in config.batch_sizes}
     candidates: dict[str, SessionOptionsDict] = {ORT_DEFAULT: {}}
     if config.tune_session and (tuned := pick_session_options(onnx_model, batches, config)):
         candidates[ORT_TUNED] = tuned
