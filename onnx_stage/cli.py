@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
+        from onnx_stage.access import check_write_access
+        from onnx_stage.tracking import configure_tracking
 
         if not debug:
             _hide_tracebacks()
+        configure_tracking()
+        check_write_access(args.model, config, from_registry=args.path is None)
         twin = convert_model(model_name=args.model, version=args.version, alias=args.alias, path=args.path,
                              config=config)
     except (StageError, ConfigError) as error:
