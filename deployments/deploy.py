@@ -13,7 +13,7 @@ from uuid import UUID
 
 import yaml
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.events.schemas.automations import Automation
 from prefect.exceptions import ObjectAlreadyExists
 
@@ -22,21 +22,36 @@ from onnx_stage.config import load_config
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 WORK_POOL = "onnx-stage"
+DOCKER_POOL = "onnx-stage-docker"
 PROJECT_TAG = "onnx-stage"  # every deployment in prefect.yaml carries it
 
 
-def ensure_work_pool(client: SyncPrefectClient, name: str = WORK_POOL) -> None:
+def ensure_work_pool(client: SyncPrefectClient, name: str = WORK_POOL, pool_type: str = "process") -> None:
+    """Create the pool with its worker type's default job template unless it exists."""
+    template = {}
+    if pool_type == "docker":
+        from prefect_docker.worker import DockerWorker
+
+        template = DockerWorker.get_default_base_job_template()
     try:
-        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
     except ObjectAlreadyExists:
         pass
 
 
-def run_prefect_deploy(config_path: str | None = None) -> None:
-    env = {**os.environ, "ONNX_STAGE_SWEEP_CRON": load_config(config_path).sweep.cron}
-    command = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+def deployments_on(pool: str) -> list[str]:
+    """Names of the deployments in prefect.yaml that run on this work pool."""
+    return [d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if d["work_pool"]["name"] == pool]
+
+
+def run_prefect_deploy(config_path: str | None = None, names: list[str] | None = None,
+                       env: dict[str, str] | None = None) -> None:
+    env = {**os.environ, "ONNX_STAGE_SWEEP_CRON": load_config(config_path).sweep.cron, **(env or {})}
+    command = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy",
+               *[argument for name in (names or deployments_on(WORK_POOL)) for argument in ("--name", name)],
                "--prefect-file", str(PREFECT_FILE)]
-    # The worker loads flows from the directory `prefect deploy` ran in: the project root.
+    # The worker loads flows from the directory `prefect deploy` ran in: the project root (the same path in the
+    # worker image).
     subprocess.run(command, cwd=PROJECT_ROOT, env=env, check=True)
 
 
@@ -62,18 +77,40 @@ def triggers_per_deployment(client: SyncPrefectClient) -> dict[str, int]:
     return counts
 
 
+CONVERT_DEPLOYMENT = "convert-keras-to-onnx/convert"
+
+
+def limit_conversions(client: SyncPrefectClient, limit: int) -> None:
+    """The convert deployment runs at most `limit` flow runs at once (the sweep's fan-out waits its turn)."""
+    deployment = client.read_deployment_by_name(CONVERT_DEPLOYMENT)
+    client.update_deployment(deployment.id, DeploymentUpdate(concurrency_limit=limit))
+
+
+def deploy_containers(image: str) -> None:
+    """The docker pool and the deployment that converts in a container of `image` (deployments/containers.py)."""
+    with get_client(sync_client=True) as client:
+        ensure_work_pool(client, DOCKER_POOL, "docker")
+    run_prefect_deploy(names=deployments_on(DOCKER_POOL), env={"ONNX_STAGE_WORKER_IMAGE": image})
+
+
 def deploy(config_path: str | None = None) -> int:
-    """Returns how many stale automations were removed."""
-    redeployed = {d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
+    """The process pool's deployments; returns how many stale automations were removed."""
+    redeployed = set(deployments_on(WORK_POOL))
     with get_client(sync_client=True) as client:
         ensure_work_pool(client)
         stale = stale_automation_ids(client, redeployed)
         for automation_id in stale:
             client.delete_automation(automation_id)
     run_prefect_deploy(config_path)
+    with get_client(sync_client=True) as client:
+        limit_conversions(client, load_config(config_path).sweep.max_concurrency)
     return len(stale)
 
 
 if __name__ == "__main__":
-    removed = deploy(sys.argv[1] if len(sys.argv) > 1 else None)
-    print(f"deployed {PREFECT_FILE.relative_to(PROJECT_ROOT)}; replaced {removed} earlier trigger automation(s)")
+    if sys.argv[1:2] == ["--containers"]:
+        deploy_containers(sys.argv[2])
+        print(f"deployed {', '.join(deployments_on(DOCKER_POOL))} on pool {DOCKER_POOL} ({sys.argv[2]})")
+    else:
+        removed = deploy(sys.argv[1] if len(sys.argv) > 1 else None)
+        print(f"deployed {PREFECT_FILE.relative_to(PROJECT_ROOT)}; replaced {removed} earlier trigger automation(s)")

@@ -1,35 +1,31 @@
-"""The sweep: convert every swept registry version that has no ONNX twin yet — what a lost webhook missed."""
+"""The sweep: convert every swept registry version that has no ONNX twin yet — what a lost webhook missed.
+
+Each version becomes its own flow run of the `convert` deployment, so the conversions spread over the work pool's
+workers; the deployment's concurrency limit (`sweep.max_concurrency`, set by deployments/deploy.py) bounds how many
+run at once. Needs a Prefect server with the deployments (`make stack-up`).
+"""
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow
 from pydantic import Field
 
-from flows.convert_flow import convert_model
 from onnx_stage.config import StageConfig, load_config
 from onnx_stage.tracking import configure_tracking
-from tasks.records import ModelRef, RegisteredTwin
-from tasks.sweep import find_unconverted, report_outcomes
-
-
-@task(name="convert-version", cache_policy=NO_CACHE, task_run_name="convert {ref.name}/{ref.version}")
-def convert_version(ref: ModelRef, config: StageConfig) -> RegisteredTwin:
-    return convert_model(model_name=ref.name, version=ref.version, config=config)
+from tasks.sweep import find_unconverted, report_outcomes, start_conversion, wait_for_conversions
 
 
 @flow(name="sweep-unconverted-versions", log_prints=True)
 def sweep(
     config: StageConfig = Field(default_factory=load_config,
                                 description="Stage settings (configs/default.yaml); the sweep section picks the models."),
-) -> list[RegisteredTwin]:
+) -> list[str]:
     configure_tracking()
     refs = find_unconverted(config.sweep)
-    with ThreadPoolTaskRunner(max_workers=config.sweep.max_concurrency) as runner:
-        futures = [runner.submit(convert_version, {"ref": ref, "config": config}) for ref in refs]
-        wait(futures)
-    return report_outcomes(refs, [future.state for future in futures])
+    run_ids = [start_conversion(ref, config) for ref in refs]
+    # each run converts one version; runs beyond the concurrency limit wait their turn
+    waves = -(-len(refs) // config.sweep.max_concurrency)
+    states = wait_for_conversions(run_ids, timeout_seconds=(waves + 1) * config.convert.timeout_seconds)
+    return report_outcomes(refs, states)
 
 
 if __name__ == "__main__":
