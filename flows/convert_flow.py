@@ -12,15 +12,16 @@ from pydantic import Field
 
 from onnx_stage.config import StageConfig, load_config
 from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.lease import conversion_lease
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
 from tasks.benchmark import benchmark, gate_variant_speed
 from tasks.convert import convert
 from tasks.load import load
 from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import find_twin, package, publish, register, warm_up_packaging
-from tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs, validate,
-                            validate_variants, validation_cases)
+from tasks.register import conversion_key, find_twin, package, publish, register, warm_up_packaging
+from tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
+                            source_pyfunc_answers, validate, validate_variants, validation_cases)
 
 
 @task(name="summarise", cache_policy=NO_CACHE)
@@ -46,43 +47,48 @@ def convert_model(
         work_dir = Path(scratch)
         warmed = warm_up_packaging.submit()  # runs while the child loads the model
         source = load(ref, worker, work_dir, config.convert.custom_object_modules)
-        if existing := find_twin(source, config):
-            warmed.wait()
-            print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
-            publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
-            return existing
-        inputs = validation_cases(source, worker, config.validation, work_dir)
-        converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
-        predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
-                                           wait_for=[] if predicts_during_conversion(source) else [converting])
-        try:
-            onnx_model = converting.result()
-        finally:
-            predicting.wait()  # both write into the scratch directory a failure removes
-        # local files only, registered after validation
-        packaged = package.submit(onnx_model, inputs, work_dir, wait_for=[warmed])
-        try:
-            parity = validate(source, onnx_model, inputs, predicting.result(), worker, config.validation, work_dir)
-        finally:
-            packaged.wait()
-        variants = validate_variants(source, onnx_model, worker, config, work_dir, inputs, parity.keras_outputs)
-        accepted = [variant for variant in variants if variant.parity]
-        bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
-        bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)
-        variants = gate_variant_speed(variants, bench, config.variants)
-        accepted = [variant for variant in variants if variant.parity]
-        worker.close()
-        with transaction():
-            twin = register(source, packaged, onnx_model, parity, bench, config, work_dir)
-            check_consumer(twin, parity)
-            variant_twins = []
-            for variant in accepted:
-                variant_dir = work_dir / variant.kind
-                variant_package = package(variant.onnx_model, inputs, variant_dir, variant.kind)
-                variant_twins.append(register(source, variant_package, variant.onnx_model, variant.parity, bench,
-                                              config, variant_dir, variant.kind))
-                check_consumer(variant_twins[-1], variant.parity)
-            for registered in (twin, *variant_twins):
-                publish(source, registered, config)
+        with conversion_lease(conversion_key(source, config), config.registry.lease_wait_seconds,
+                              config.registry.lease_seconds):  # one run per model file and settings at a time
+            if existing := find_twin(source, config):
+                warmed.wait()
+                print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
+                publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
+                return existing
+            inputs = validation_cases(source, worker, config.validation, work_dir)
+            converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
+            predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
+                                               wait_for=[] if predicts_during_conversion(source) else [converting])
+            answering = source_pyfunc_answers.submit(source, inputs, worker, wait_for=[converting])
+            try:
+                onnx_model = converting.result()
+            finally:
+                predicting.wait()  # both write into the scratch directory a failure removes
+            # local files only, registered after validation
+            packaged = package.submit(source, onnx_model, inputs, work_dir, wait_for=[warmed])
+            try:
+                parity = validate(source, onnx_model, inputs, predicting.result(), worker, config.validation, work_dir)
+            finally:
+                packaged.wait()
+            variants = validate_variants(source, onnx_model, worker, config, work_dir, inputs, parity.keras_outputs)
+            accepted = [variant for variant in variants if variant.parity]
+            bench = benchmark(source, onnx_model, worker, config.benchmark, accepted)
+            bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)
+            variants = gate_variant_speed(variants, bench, config.variants)
+            accepted = [variant for variant in variants if variant.parity]
+            source_answers = answering.result()
+            worker.close()
+            with transaction():
+                twin = register(source, packaged, onnx_model, parity, bench, config, work_dir,
+                                source_answers=source_answers)
+                check_consumer(twin, parity, source, inputs, source_answers)
+                variant_twins = []
+                for variant in accepted:
+                    variant_dir = work_dir / variant.kind
+                    variant_package = package(source, variant.onnx_model, inputs, variant_dir, variant.kind)
+                    variant_twins.append(register(source, variant_package, variant.onnx_model, variant.parity, bench,
+                                                  config, variant_dir, variant.kind, source_answers))
+                    check_consumer(variant_twins[-1], variant.parity, source, inputs, source_answers)
+                for registered in (*variant_twins, twin):  # the fp32 twin completes last
+                    publish(source, registered, config)
         print(summarise(source, onnx_model, parity, bench, twin, variants, variant_twins))
         return twin

@@ -79,6 +79,10 @@ class BenchmarkConfig(_Section):
         True, description="Try onnxruntime thread counts and optimisation levels; register the fastest."
     )
     screening_runs: int = Field(30, ge=3, description="Timed runs per candidate while tuning.")
+    tune_thread_counts: bool = Field(
+        False, description="Also try onnxruntime thread counts and register the fastest. They are measured on the "
+                           "machine running the stage and bind every consumer to them (benchmarks/registered_threads.py"
+                           " shows the cost): off, only core-count-free options are registered.")
 
 
 VariantKind = Literal["fp16", "int8_dynamic", "int8_static"]
@@ -120,6 +124,12 @@ class RegisterConfig(_Section):
     )
     experiment: str = Field("onnx-stage", min_length=1, description="MLflow experiment of the conversion runs.")
     mirror_aliases: bool = Field(True, description="Copy the source version's aliases onto the twin.")
+    lease_wait_seconds: float = Field(
+        1800, gt=0, description="How long a run waits while another run converts the same model (then it reports "
+                                "the other's twin).")
+    lease_seconds: float = Field(
+        120, ge=10, description="Lease on a conversion in progress, renewed while it runs: a run that dies frees "
+                                "its model after this long (Prefect server only; embedded: at once).")
 
 
 class SweepConfig(_Section):

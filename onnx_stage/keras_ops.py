@@ -61,7 +61,8 @@ def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict
     model = state["model"]
     refuse_unrepresentable_layers(model, opset)
     with lowered_layers():
-        return convert_first_working(model, routes, opset, onnx_path, [port.name for port in output_ports(model)])
+        return convert_first_working(model, routes, opset, onnx_path, [port.name for port in input_ports(model)],
+                                     [port.name for port in output_ports(model)])
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 KERAS_OPERATIONS = "onnx_stage.keras_ops"
+COMMON_OPERATIONS = "onnx_stage.consumer"  # served for every source kind: source_answers (the source's own pyfunc)
 
 
 class WorkerError(RuntimeError):
@@ -216,7 +217,8 @@ def _serve(conn: Connection, operations_module: str) -> None:
             request_id, operation, kwargs = conn.recv()
         except EOFError:
             return
-        threading.Thread(target=_answer, args=(conn, sending, operations, state, request_id, operation, kwargs),
+        served = operations if hasattr(operations, operation) else importlib.import_module(COMMON_OPERATIONS)
+        threading.Thread(target=_answer, args=(conn, sending, served, state, request_id, operation, kwargs),
                          daemon=True).start()
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-PROVIDERS = ["CPUExecutionProvider"]
+# What the twin is registered with: a consumer's onnxruntime uses CUDA where its build has it, else the CPU
+# (MLflow's onnx flavor keeps the available ones in this order). Validated here on the CPU provider only.
+PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+LOCAL_PROVIDERS = ["CPUExecutionProvider"]
 SessionOptionsDict = dict[str, int | str]
 
 
@@ -25,14 +28,22 @@ def open_session(onnx_path: Path, options: SessionOptionsDict | None = None) -> 
                                           else ort.ExecutionMode.ORT_SEQUENTIAL)
     if "graph_optimization_level" in (options or {}):
         session_options.graph_optimization_level = ort.GraphOptimizationLevel(int(options["graph_optimization_level"]))
-    return ort.InferenceSession(str(onnx_path), sess_options=session_options, providers=PROVIDERS)
+    return ort.InferenceSession(str(onnx_path), sess_options=session_options, providers=LOCAL_PROVIDERS)
 
 
-def tuning_candidates() -> list[SessionOptionsDict]:
-    cores = os.cpu_count() or 1
+def tuning_candidates(thread_counts: bool = False) -> list[SessionOptionsDict]:
+    """Session options the benchmark screens against the default session (which it always measures).
+
+    Without `thread_counts`, only options that mean the same on every machine: graph optimisation level and
+    execution mode. A thread count measured here would bind a consumer on another machine to this one's cores."""
     levels = [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED.value, ort.GraphOptimizationLevel.ORT_ENABLE_ALL.value]
-    threads = sorted({1, cores})
-    candidates = [{"graph_optimization_level": level, "intra_op_num_threads": count, "execution_mode": "sequential"}
-                  for level in levels for count in threads]
-    default = {"graph_optimization_level": levels[-1], "intra_op_num_threads": cores, "execution_mode": "sequential"}
-    return [c for c in candidates if c != default]  # the default session is always measured anyway
+    if thread_counts:
+        cores = os.cpu_count() or 1
+        candidates = [{"graph_optimization_level": level, "intra_op_num_threads": count, "execution_mode": "sequential"}
+                      for level in levels for count in sorted({1, cores})]
+        default = {"graph_optimization_level": levels[-1], "intra_op_num_threads": cores, "execution_mode": "sequential"}
+    else:
+        candidates = [{"graph_optimization_level": level, "execution_mode": mode}
+                      for level in levels for mode in ("sequential", "parallel")]
+        default = {"graph_optimization_level": levels[-1], "execution_mode": "sequential"}
+    return [c for c in candidates if c != default]

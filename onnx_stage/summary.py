@@ -1,6 +1,7 @@
 """The run summary: a Prefect markdown artifact and the CLI's closing lines share these tables."""
 from __future__ import annotations
 
+from onnx_stage.consumer import consumer_uris
 from tasks.records import (ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
                            VariantOutcome)
 
@@ -63,4 +64,13 @@ def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityRe
         *([f"\nLatency distributions: `latency.png` in {twin.uri} (extra_files/), run `{twin.run_id}`."]
           if bench.rows else []),
         *variants_section(variants, variant_twins),
+        "\n## For registry consumers", consumer_line(source, twin),
     ])
+
+
+def consumer_line(source: SourceModel, twin: RegisteredTwin) -> str:
+    before, after = consumer_uris(source, twin)
+    if source.mlflow_model_dir is None:
+        return f"Load `{after}` with mlflow.pyfunc (it answers like the mlflow.keras flavor would)."
+    return (f"Change `{before}` to `{after}`, nothing else: every request form the source answers was sent to both "
+            "and answered alike (mlflow.pyfunc).")

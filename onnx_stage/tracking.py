@@ -65,3 +65,9 @@ def use_experiment(name: str) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def name_clause(name: str) -> str:
+    """`name='…'` for an MLflow search filter; a name holding a single quote is double-quoted (MLflow's filter
+    parser has no escape for a quote inside a string)."""
+    return f'name="{name}"' if "'" in name else f"name='{name}'"

@@ -45,7 +45,7 @@ def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: Kera
 def pick_session_options(onnx_model: OnnxArtifacts, batches: dict[int, list[np.ndarray]],
                          config: BenchmarkConfig) -> SessionOptionsDict:
     """The candidate with the lowest geometric-mean median latency over the batch sizes; {} if none beats default."""
-    candidates = [{}, *tuning_candidates()]
+    candidates = [{}, *tuning_candidates(config.tune_thread_counts)]
     log_medians = np.zeros(len(candidates))
     for inputs in batches.values():
         runners = {str(i): session_runner(onnx_model, options, inputs) for i, options in enumerate(candidates)}

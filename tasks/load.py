@@ -2,7 +2,9 @@
 the child process."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +17,11 @@ from mlflow.models import Model
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from onnx_stage.errors import StageError
+from onnx_stage.consumer import answer_form
+from onnx_stage.errors import StageError, disk_full
 from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.sources import detect_source
+from onnx_stage.sources.kind import read_flavors
 from onnx_stage.sources.file_checks import check_model_file
 from tasks.records import ModelRef, SourceModel, TensorSpec
 
@@ -49,6 +53,8 @@ def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
         library_versions=interface["library_versions"],
         weights_bytes=interface["weights_bytes"],
         native_runtime=source.kind.native_runtime,
+        mlflow_model_dir=artifact_dir if (artifact_dir / "MLmodel").is_file() else None,
+        answer_form=answer_form(source.kind.name, read_flavors(artifact_dir)),
     )
 
 
@@ -86,7 +92,9 @@ def fetch_artifacts(ref: ModelRef, version: ModelVersion | None, destination: Pa
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
     except (MlflowException, OSError) as error:
-        raise StageError(f"cannot fetch {uri}: {str(error).splitlines()[0]}") from None
+        cause = f"{os.strerror(errno.ENOSPC)} in {destination}" if disk_full(error, destination) else \
+            str(error).splitlines()[0]
+        raise StageError(f"cannot fetch {uri}: {cause}") from None
 
 
 def save_input_example(artifact_dir: Path, inputs: list[TensorSpec], destination: Path) -> Path | None:

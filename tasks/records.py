@@ -57,6 +57,10 @@ class SourceModel(Record):
     library_versions: dict[str, str] = {}
     weights_bytes: int | None = Field(None, description="Size of the model's weights in memory.")
     native_runtime: str = Field("keras", description="What the benchmark times the ONNX twin against, e.g. lightgbm.")
+    mlflow_model_dir: Path | None = Field(
+        None, description="The source's MLflow model directory (MLmodel), if it has one: its signature, input "
+                          "example and pyfunc are what the twin must match.")
+    answer_form: str = Field("keras", description="How the source's pyfunc shapes answers (onnx_twin_pyfunc).")
 
 
 class OnnxArtifacts(Record):
@@ -198,10 +202,13 @@ class BenchReport(Record):
         return None
 
 
+FULL_PRECISION = "fp32"  # the converted model itself; variants (fp16, int8_*) are registered beside it
+
+
 class RegisteredTwin(Record):
     name: str
     version: str
     uri: str
     run_id: str
     created: bool = Field(..., description="False when an identical twin already existed (idempotent rerun).")
-    variant: str = Field("fp32", description="fp32 (the converted model), or the kind of a smaller variant.")
+    variant: str = Field(FULL_PRECISION, description="fp32 (the converted model), or the kind of a smaller variant.")

@@ -10,7 +10,9 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import onnx
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
@@ -22,37 +24,57 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
+from onnx_stage import onnx_twin_pyfunc
 from onnx_stage.config import StageConfig
+from onnx_stage.consumer import Answer, consumer_uris, read_outputs, tabular_answer
+from onnx_stage.errors import StageError
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
-from onnx_stage.tracking import use_experiment
-from tasks.records import BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel, ValidationInputs
+from onnx_stage.tracking import name_clause, use_experiment
+from tasks.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
+                           ValidationInputs)
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
-FULL_PRECISION = "fp32"
+COMPLETE = TAG + "complete"  # written last, once the twin is published: a version without it is half-made
 
 
 def twin_name(source: SourceModel, config: StageConfig) -> str:
     return config.registry.name_template.format(name=source.ref.name)
 
 
+def conversion_key(source: SourceModel, config: StageConfig) -> str:
+    """What one twin stands for: the source's bytes under one set of conversion settings (the lease's key)."""
+    return f"{twin_name(source, config)}:{source.sha256}:{config.artifact_fingerprint()}"
+
+
 def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
+    """The complete fp32 twin of the same source file and settings; half-made versions of it (a run that died
+    between registering and its completion marker) are deleted, so the caller converts again.
+
+    Call it holding the conversion lease: then no other run is still making those versions."""
     name, client = twin_name(source, config), MlflowClient()
-    if not client.search_registered_models(filter_string=f"name='{name}'"):
+    if not client.search_registered_models(filter_string=name_clause(name)):
         return None
-    query = f"name='{name}' and tags.`{TAG}source_sha256`='{source.sha256}'"
+    query = f"{name_clause(name)} and tags.`{TAG}source_sha256`='{source.sha256}'"
+    complete = None
     for found in client.search_model_versions(query, order_by=["version_number DESC"]):
-        if (found.tags.get(TAG + "config_fingerprint") == config.artifact_fingerprint()
-                and found.tags.get(TAG + "variant") == FULL_PRECISION):
-            return RegisteredTwin(name=name, version=found.version, uri=f"models:/{name}/{found.version}",
-                                  run_id=found.run_id, created=False)
-    return None
+        if found.tags.get(TAG + "config_fingerprint") != config.artifact_fingerprint():
+            continue
+        if found.tags.get(COMPLETE) != "true":
+            print(f"removing half-made version {found.version} of {name} (its run stopped before completing it)")
+            client.delete_model_version(name, found.version)
+        elif found.tags.get(TAG + "variant") == FULL_PRECISION and complete is None:
+            complete = RegisteredTwin(name=name, version=found.version, uri=f"models:/{name}/{found.version}",
+                                      run_id=found.run_id, created=False)
+    return complete
 
 
-def package_model(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path,
+def package_model(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path,
                   variant: str = FULL_PRECISION) -> Path:
-    """The twin's MLflow model directory (onnx flavor: signature, input example, pinned requirements, renderings).
+    """The twin's MLflow model directory: the onnx flavor (model.onnx, pinned requirements, renderings) and a
+    python_function flavor served by onnx_twin_pyfunc (carried in `code/`), so the twin answers requests as the
+    source's pyfunc does. The signature and input example are the source version's where it has them.
 
     Writes nothing to the registry, so the flow builds it while validation runs: MLflow's JSON rendering of an
     image input example and its requirements check take seconds that would otherwise come after validation."""
@@ -61,22 +83,55 @@ def package_model(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir:
     # process and written again (2+ GB)
     proto = onnx.load(str(onnx_model.onnx_path), load_external_data=False)
     data_files = sorted({ExternalDataInfo(t).location for t in proto.graph.initializer if uses_external_data(t)})
-    signature = onnx_signature(proto)
+    source_model = Model.load(str(source.mlflow_model_dir)) if source.mlflow_model_dir else None
+    # An MLflow source without a signature gets a twin without one: a derived signature would make pyfunc refuse
+    # requests (a plain list) that the source accepts
+    signature = source_model.signature if source_model else onnx_signature(proto)
+    copies_example = bool(source_model and source_model.saved_input_example_info)
     _, reference = inputs.cases()[0]
+    example = None if copies_example else _input_example(signature or onnx_signature(proto), reference)
     mlflow.onnx.save_model(
         proto, str(model_dir),
-        signature=signature, input_example=dict(zip(signature.inputs.input_names(), reference)),
-        pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime")],
+        signature=signature, input_example=example,
+        pip_requirements=[f"{p}=={installed_version(p)}" for p in ("mlflow", "onnx", "onnxruntime", "pandas")],
         save_as_external_data=bool(data_files), onnx_execution_providers=PROVIDERS,
         extra_files=[str(onnx_model.json_path), str(onnx_model.text_path)],
+        code_paths=[str(Path(onnx_twin_pyfunc.__file__))],
     )
+    model = Model.load(str(model_dir))
+    if copies_example:
+        _copy_input_example(source_model, source.mlflow_model_dir, model, model_dir)
+    for name in data_files:
+        _link_or_copy(onnx_model.onnx_path.parent / name, model_dir / name)
     if data_files:
-        for name in data_files:
-            _link_or_copy(onnx_model.onnx_path.parent / name, model_dir / name)
-        model = Model.load(str(model_dir))
         model.model_size_bytes = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
-        model.save(str(model_dir / MLMODEL_FILE_NAME))
+    _serve_with_twin_pyfunc(model, {"answer": source.answer_form})  # completed by register_twin
+    model.save(str(model_dir / MLMODEL_FILE_NAME))
     return model_dir
+
+
+def _input_example(signature: ModelSignature, reference: list[np.ndarray]) -> object:
+    """The reference inputs in the form the signature names: a dict by input name, else the single array."""
+    names = signature.inputs.input_names()
+    if signature.inputs.is_tensor_spec() and not signature.inputs.has_input_names() and len(reference) == 1:
+        return reference[0]
+    if not signature.inputs.is_tensor_spec() and len(reference) == 1:
+        return pd.DataFrame(reference[0], columns=names)
+    return dict(zip(names, reference))
+
+
+def _copy_input_example(source_model: Model, source_dir: Path, model: Model, model_dir: Path) -> None:
+    info = dict(source_model.saved_input_example_info)
+    for key in ("artifact_path", "serving_input_path"):
+        if info.get(key) and (source_dir / info[key]).is_file():
+            shutil.copyfile(source_dir / info[key], model_dir / info[key])
+    model.saved_input_example_info = info
+
+
+def _serve_with_twin_pyfunc(model: Model, config: dict[str, str]) -> None:
+    """Replace the onnx flavor's own pyfunc loader (mlflow.onnx) with onnx_twin_pyfunc, keeping its environment."""
+    flavor = model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+    flavor.update(loader_module=Path(onnx_twin_pyfunc.__file__).stem, config=config)
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -103,15 +158,19 @@ def onnx_signature(proto: onnx.ModelProto) -> ModelSignature:
 
 
 def register_twin(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifacts, parity: ParityReport,
-                  bench: BenchReport, config: StageConfig, work_dir: Path,
-                  variant: str = FULL_PRECISION) -> RegisteredTwin:
-    """One new version of the twin model; variants (fp16, int8) are versions of their own, tagged with the kind."""
+                  bench: BenchReport, config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION,
+                  source_answers: dict[str, Answer] | None = None) -> RegisteredTwin:
+    """One new version of the twin model; variants (fp16, int8) are versions of their own, tagged with the kind.
+
+    Raises:
+        StageError: the source's pyfunc answers something no ONNX output reproduces (nothing is registered)."""
+    pyfunc_config = twin_pyfunc_config(source, source_answers, parity)
     use_experiment(config.registry.experiment)
     reports = [_write_json(work_dir / "validation.json", parity.model_dump(mode="json")),
                _write_json(work_dir / "benchmark.json", bench.model_dump(mode="json"))]
     if bench.rows:
         reports.append(latency_plot(bench, work_dir / "latency.png", f"{source.ref.describe()} latency"))
-    _add_evidence(model_dir, reports, bench.session_options)
+    _add_evidence(model_dir, reports, bench.session_options, pyfunc_config)
     with mlflow.start_run(run_name=f"onnx {variant} {source.ref.describe()}") as run:
         mlflow.log_params({"source": source.ref.describe(), "route": onnx_model.route, "opset": onnx_model.opset})
         mlflow.log_metrics(_metrics(parity, bench, onnx_model))
@@ -119,14 +178,56 @@ def register_twin(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifact
     name = twin_name(source, config)
     created = mlflow.register_model(f"runs:/{run.info.run_id}/model", name,
                                     tags=_version_tags(source, onnx_model, parity, bench, config, variant))
-    return RegisteredTwin(name=name, version=created.version, uri=f"models:/{name}/{created.version}",
+    twin = RegisteredTwin(name=name, version=created.version, uri=f"models:/{name}/{created.version}",
                           run_id=run.info.run_id, created=True, variant=variant)
+    MlflowClient().update_model_version(name, created.version,
+                                        description=version_description(source, twin, onnx_model, parity, bench))
+    return twin
 
 
-def _add_evidence(model_dir: Path, reports: list[Path], session_options: dict[str, int | str]) -> None:
+def twin_pyfunc_config(source: SourceModel, source_answers: dict[str, Answer] | None,
+                       parity: ParityReport) -> dict[str, str]:
+    """onnx_twin_pyfunc's config: the source's answer form, and for a tabular source which ONNX output its
+    `predict` is (found by comparing the source pyfunc's answer to an ndarray with the source's outputs)."""
+    config = {"answer": source.answer_form}
+    if source.answer_form != "tabular":
+        return config
+    status, answer = (source_answers or {}).get("ndarray", ("error", "the source is no MLflow model"))
+    if status != "ok":
+        raise StageError(f"{source.ref.describe()}'s pyfunc refuses an ndarray of its own input example ({answer}), so "
+                         "which ONNX output its predict is cannot be told; nothing registered")
+    tolerance = parity.cases[0].outputs[0]
+    try:
+        config.update(tabular_answer(answer, read_outputs(parity.reference_outputs), tolerance.atol, tolerance.rtol))
+    except ValueError as error:
+        raise StageError(f"{source.ref.describe()}: {error}; nothing registered") from None
+    return config
+
+
+def version_description(source: SourceModel, twin: RegisteredTwin, onnx_model: OnnxArtifacts, parity: ParityReport,
+                        bench: BenchReport) -> str:
+    """What the MLflow UI shows on the twin's version page (markdown): what it is, how it was proven, the change
+    a consumer makes."""
+    before, after = consumer_uris(source, twin)
+    worst = max(o.max_abs for c in parity.cases for o in c.outputs)
+    runtime = bench.registered_runtime if twin.variant == FULL_PRECISION else f"onnxruntime {twin.variant}"
+    speedup = bench.speedup(1, runtime=runtime) if bench.rows else None
+    speed = f" It runs **{speedup:.1f}×** {source.native_runtime} at batch 1 (p50)." if speedup else ""
+    return (f"ONNX twin ({twin.variant}) of `{source.ref.describe()}` (sha256 `{source.sha256[:12]}`), converted by "
+            f"`{onnx_model.route}` at opset {onnx_model.opset}.\n\n"
+            f"Parity with the source: max |Δ| {worst:.2g} over {len(parity.cases)} input sets "
+            f"(atol {parity.atol:g}, rtol {parity.rtol:g}).{speed}\n\n"
+            f"**Consumers:** load `{after}` instead of `{before}`: nothing else changes (same input names, request "
+            "forms and answers; needs only mlflow and onnxruntime).")
+
+
+def _add_evidence(model_dir: Path, reports: list[Path], session_options: dict[str, int | str],
+                  pyfunc_config: dict[str, str]) -> None:
     """Add the reports and the benchmark's chosen session options to the packaged model's onnx flavor, as
-    save_model's extra_files and onnx_session_options would have (they exist only after packaging)."""
+    save_model's extra_files and onnx_session_options would have (they exist only after packaging), and the
+    twin pyfunc's answer config."""
     model = Model.load(str(model_dir))
+    _serve_with_twin_pyfunc(model, pyfunc_config)
     flavor = model.flavors["onnx"]
     for report in reports:
         shutil.copy(report, model_dir / "extra_files" / report.name)
@@ -145,6 +246,7 @@ def publish_twin(source: SourceModel, twin: RegisteredTwin, config: StageConfig)
     if config.registry.mirror_aliases:
         for alias in source.aliases:
             client.set_registered_model_alias(twin.name, alias + suffix, twin.version)
+    client.set_model_version_tag(twin.name, twin.version, COMPLETE, "true")
 
 
 def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
@@ -203,22 +305,32 @@ def warm_up_packaging() -> None:
 
 
 @task(name="package", cache_policy=NO_CACHE)
-def package(onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path, variant: str = FULL_PRECISION) -> Path:
-    return package_model(onnx_model, inputs, work_dir, variant)
+def package(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, work_dir: Path,
+            variant: str = FULL_PRECISION) -> Path:
+    return package_model(source, onnx_model, inputs, work_dir, variant)
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifacts, parity: ParityReport,
-             bench: BenchReport, config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION) -> RegisteredTwin:
-    twin = register_twin(source, model_dir, onnx_model, parity, bench, config, work_dir, variant)
+             bench: BenchReport, config: StageConfig, work_dir: Path, variant: str = FULL_PRECISION,
+             source_answers: dict[str, Answer] | None = None) -> RegisteredTwin:
+    twin = register_twin(source, model_dir, onnx_model, parity, bench, config, work_dir, variant, source_answers)
     get_transaction().set("twin", twin)
     return twin
 
 
 @register.on_rollback
 def _delete_half_made_version(transaction: Transaction) -> None:
-    twin: RegisteredTwin = transaction.get("twin")
-    MlflowClient().delete_model_version(twin.name, twin.version)
+    delete_version(transaction.get("twin"))
+
+
+def delete_version(twin: RegisteredTwin) -> None:
+    """Remove a twin version that failed its checks, and its registered model if that was its only version
+    (nothing is left behind that a consumer could mistake for a twin)."""
+    client = MlflowClient()
+    client.delete_model_version(twin.name, twin.version)
+    if not client.search_model_versions(name_clause(twin.name), max_results=1):
+        client.delete_registered_model(twin.name)
 
 
 @task(name="publish", cache_policy=NO_CACHE)

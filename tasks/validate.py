@@ -8,15 +8,17 @@ import mlflow
 import numpy as np
 import onnx
 import onnxruntime as ort
+from mlflow.models import Model
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from onnx_stage.config import StageConfig, ValidateConfig
+from onnx_stage.consumer import Answer, answer_differences, answers, request_forms
 from onnx_stage.errors import StageError
 from onnx_stage.inputs import validation_inputs
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_intermediate_values
-from onnx_stage.parity import compare_output, output_passes
+from onnx_stage.parity import close_enough, compare_output, output_passes
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.quantize import calibration_inputs
@@ -208,19 +210,64 @@ def summarise(report: ParityReport) -> str:
     ) + f" (atol={report.atol:g}, rtol={report.rtol:g})"
 
 
-def check_consumer_load(twin: RegisteredTwin, report: ParityReport) -> float:
-    """Load the twin as a registry consumer does (pyfunc, with its registered session options and providers)
-    and compare with Keras on the reference inputs, at the tolerances validation used."""
-    inputs, expected = np.load(report.reference_inputs), np.load(report.reference_outputs)
-    predictions = mlflow.pyfunc.load_model(twin.uri).predict({k: inputs[k] for k in inputs.files})
+def consumer_requests(source: SourceModel, inputs: ValidationInputs) -> dict[str, Any]:
+    """Every request form a consumer may send (onnx_stage.consumer), built from the reference inputs and named as
+    the source's signature names them (column names of a column-based signature, else the model's input names)."""
+    _, reference = inputs.cases()[0]
+    signature = Model.load(str(source.mlflow_model_dir)).signature if source.mlflow_model_dir else None
+    if signature is None:
+        return request_forms([spec.name for spec in source.inputs], reference)
+    dtypes = signature.inputs.numpy_types()
+    if signature.inputs.is_tensor_spec():
+        names = signature.inputs.input_names() if signature.inputs.has_input_names() else [
+            spec.name for spec in source.inputs]
+        if len(dtypes) == len(reference):  # as the signature's consumers send them (float64 for a float64 model)
+            reference = [array.astype(dtype) for array, dtype in zip(reference, dtypes)]
+        return request_forms(names, reference)
+    if len(reference) == 1 and len(set(dtypes)) == 1:
+        reference = [reference[0].astype(dtypes[0])]
+    return request_forms([spec.name for spec in source.inputs], reference, signature.inputs.input_names())
+
+
+def ask_source(source: SourceModel, inputs: ValidationInputs, worker: KerasWorker) -> dict[str, Answer] | None:
+    """The source version's own pyfunc answers to every request form, from the child; None for a model file, which
+    has no pyfunc."""
+    if source.mlflow_model_dir is None:
+        return None
+    return worker.call("source_answers", model_dir=str(source.mlflow_model_dir),
+                       requests=consumer_requests(source, inputs))
+
+
+def check_consumer_load(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
+                        source_answers: dict[str, Answer] | None) -> float:
+    """Load the twin as a registry consumer does (pyfunc, with its registered session options and providers):
+    its session computes the source's outputs on the reference inputs at the tolerances validation used, and it
+    answers every request form the source version's pyfunc answers with the same type, shape and values.
+
+    Returns the largest absolute difference on the reference outputs.
+
+    Raises:
+        StageError: an output or a request form differs (the caller removes the version).
+    """
+    loaded = mlflow.pyfunc.load_model(twin.uri)
+    reference, expected = np.load(report.reference_inputs), np.load(report.reference_outputs)
+    session = loaded.get_raw_model()
+    outputs = dict(zip(expected.files, session.run(expected.files, {k: reference[k] for k in reference.files})))
     tolerances = {o.output: o for o in report.cases[0].outputs}
     worst = 0.0
     for name in expected.files:
-        actual, tolerance = np.asarray(predictions[name]), tolerances[name]
-        if not np.allclose(actual, expected[name], atol=tolerance.atol, rtol=tolerance.rtol):
+        actual, tolerance = outputs[name], tolerances[name]
+        if not close_enough(expected[name], actual, tolerance.atol, tolerance.rtol):
             raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with the source model on output "
                              f"{name!r}: max|Δ|={np.abs(actual - expected[name]).max():.3g}; the version was removed")
         worst = max(worst, float(np.abs(actual - expected[name]).max()))
+    if source_answers is not None:
+        atol, rtol = max(t.atol for t in tolerances.values()), max(t.rtol for t in tolerances.values())
+        differences = answer_differences(source_answers, answers(loaded, consumer_requests(source, inputs)), atol, rtol)
+        if differences:
+            raise StageError(f"{twin.uri} does not answer like {source.ref.describe()} through mlflow.pyfunc: "
+                             f"{differences[0]}" + (f" (and {len(differences) - 1} more request forms)"
+                                                    if len(differences) > 1 else "") + "; the version was removed")
     return worst
 
 
@@ -245,6 +292,11 @@ def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationI
     return check_parity(source, onnx_model, worker, config, work_dir, inputs, expected)
 
 
+@task(name="ask-source-pyfunc", cache_policy=NO_CACHE)
+def source_pyfunc_answers(source: SourceModel, inputs: ValidationInputs, worker: KerasWorker) -> dict[str, Answer] | None:
+    return ask_source(source, inputs, worker)
+
+
 @task(name="check-served-parity", cache_policy=NO_CACHE)
 def check_served_options(onnx_model: OnnxArtifacts, inputs: ValidationInputs, parity: ParityReport, bench: BenchReport,
                          config: ValidateConfig) -> BenchReport:
@@ -258,5 +310,6 @@ def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: Ke
 
 
 @task(name="check-consumer-load", cache_policy=NO_CACHE)
-def check_consumer(twin: RegisteredTwin, report: ParityReport) -> float:
-    return check_consumer_load(twin, report)
+def check_consumer(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
+                   source_answers: dict[str, Answer] | None) -> float:
+    return check_consumer_load(twin, report, source, inputs, source_answers)

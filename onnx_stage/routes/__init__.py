@@ -17,6 +17,7 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
+from onnx import helper
 
 from onnx_stage.onnx_files import save_onnx
 
@@ -44,8 +45,11 @@ def crash_marker(onnx_path: str) -> Path:
 
 
 def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: str,
-                          output_names: list[str]) -> dict[str, Any]:
+                          input_names: list[str], output_names: list[str]) -> dict[str, Any]:
     """Try the routes in order; the first whose model passes onnx.checker and loads in onnxruntime wins.
+
+    The ONNX model's inputs and outputs carry the source's names, in the source's order (`input_names`,
+    `output_names`): what validation pairs and what registry consumers send and read.
 
     Reports the child's peak resident memory during the conversion (the kernel's high-water mark, reset first).
     """
@@ -56,7 +60,7 @@ def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: 
         started = time.perf_counter()
         marker.write_text(name)
         try:
-            opset_used = _convert_with(name, model, opset, output_names, onnx_path)
+            opset_used = _convert_with(name, model, opset, input_names, output_names, onnx_path)
         except Exception as error:
             failures[name] = one_line(error)
             continue
@@ -67,12 +71,14 @@ def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: 
     raise RuntimeError("no converter route worked: " + "; ".join(f"{r}: {m}" for r, m in failures.items()))
 
 
-def _convert_with(name: str, model: Any, opset: int, output_names: list[str], onnx_path: str) -> int:
+def _convert_with(name: str, model: Any, opset: int, input_names: list[str], output_names: list[str],
+                  onnx_path: str) -> int:
     """Convert, save, then check from the file: the in-memory proto is freed before onnxruntime loads a copy.
 
     Returns the model's opset: a route may stay below the one asked for (onnxmltools' tree converters stop at 15)."""
     proto = route(name).convert(model, opset)
     _name_dynamic_batch(proto)
+    name_inputs(proto, input_names)
     _name_outputs(proto, output_names)
     opset_used = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     save_onnx(proto, Path(onnx_path))
@@ -97,6 +103,38 @@ def _peak_rss_bytes() -> int:
 def one_line(error: Exception) -> str:
     first_line = next(iter(str(error).strip().splitlines()), "")
     return f"{type(error).__name__}: {first_line[:300]}"
+
+
+def name_inputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    """Graph inputs in the source's order under the source's names, e.g. `pixels` where tf2onnx says `pixels:0`.
+
+    An input is matched by name without TensorFlow's `:0` port suffix, else by position. A renamed input feeds its
+    old name through an Identity node (onnxruntime removes it), so nodes and subgraphs that read the old name,
+    such as a recurrent loop's body, stay untouched.
+
+    Raises:
+        ValueError: the graph has another number of inputs than the source, or a new name is taken inside it.
+    """
+    weights = {tensor.name for tensor in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in weights]
+    if len(inputs) != len(names):
+        raise ValueError(f"the ONNX graph has {len(inputs)} inputs, the source {len(names)} ({', '.join(names)})")
+    by_stem = {value.name.removesuffix(":0"): value for value in inputs}
+    ordered = [by_stem[name] for name in names] if set(by_stem) == set(names) else inputs
+    taken = {name for node in proto.graph.node for name in node.output} | weights
+    renames = []
+    for value, new_name in zip(ordered, names):
+        if value.name == new_name:
+            continue
+        if new_name in taken:
+            raise ValueError(f"input name {new_name!r} is already a tensor inside the ONNX graph")
+        renames.append(helper.make_node("Identity", [new_name], [value.name], name=f"{new_name}/rename"))
+        value.name = new_name
+    if renames:
+        nodes = renames + [onnx.NodeProto.FromString(node.SerializeToString()) for node in proto.graph.node]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    reorder_values(proto.graph.input, names + [v.name for v in proto.graph.input if v.name in weights])
 
 
 def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:

@@ -28,8 +28,15 @@ def input_ports(model: keras.Model) -> list[Port]:
 
 
 def output_ports(model: keras.Model) -> list[Port]:
+    """The model's outputs, named after the Keras layers that give them (what `model.output_names` says).
+
+    A layer that gives several of the model's outputs (an LSTM with return_state=True: output, h, c) names
+    them `<layer>/<i>`, i being the tensor's index among the layer's outputs: Keras forbids "/" in layer names,
+    so these names never collide with another layer's."""
     if is_graph_network(model):
-        return [Port(t._keras_history.operation.name, tuple(t.shape), str(t.dtype)) for t in model.outputs]
+        layers = [t._keras_history.operation.name for t in model.outputs]
+        return [Port(layer if layers.count(layer) == 1 else f"{layer}/{t._keras_history.tensor_index}",
+                     tuple(t.shape), str(t.dtype)) for layer, t in zip(layers, model.outputs)]
     symbolic = [keras.KerasTensor(p.shape, dtype=p.dtype) for p in input_ports(model)]
     outputs = keras.tree.flatten(model.compute_output_spec(symbolic if len(symbolic) > 1 else symbolic[0]))
     return [Port(f"output_{i}", tuple(t.shape), str(t.dtype)) for i, t in enumerate(outputs)]

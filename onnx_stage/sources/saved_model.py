@@ -69,7 +69,8 @@ def _spec(name: str, spec: Any) -> dict[str, Any]:
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:
     from onnx_stage.routes import convert_first_working
 
-    return convert_first_working(state["model"], routes, opset, onnx_path, state["model"].output_names)
+    return convert_first_working(state["model"], routes, opset, onnx_path, state["model"].input_names,
+                                 state["model"].output_names)
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -86,7 +86,7 @@ def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict
 
     model: TabularModel = state["model"]
     names = CLASSIFIER_OUTPUTS if model.is_classifier else REGRESSOR_OUTPUTS
-    return convert_first_working(model, routes, opset, onnx_path, names)
+    return convert_first_working(model, routes, opset, onnx_path, [INPUT], names)
 
 
 def predict(state: State, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -39,7 +39,8 @@ def register_then_fail(work_dir: Path) -> None:
         parity = validate(source, onnx_model, inputs, expected, worker, config.validation, work_dir)
         bench = benchmark(source, onnx_model, worker, config.benchmark, [])
     with transaction():
-        twin = register(source, package(onnx_model, inputs, work_dir), onnx_model, parity, bench, config, work_dir)
+        twin = register(source, package(source, onnx_model, inputs, work_dir), onnx_model, parity, bench, config,
+                        work_dir)
         failing_check(twin)
 
 

@@ -24,10 +24,10 @@ TABULAR_REQUIREMENTS = ["scikit-learn", "lightgbm", "xgboost"]  # explicit: MLfl
 
 
 def consumer_outputs(uri: str, features: np.ndarray) -> dict[str, np.ndarray]:
-    """The twin's outputs as a registry consumer gets them (the ONNX input keeps its graph name, e.g. features:0)."""
-    consumer = mlflow.pyfunc.load_model(uri)
-    (input_name,) = consumer.metadata.get_input_schema().input_names()
-    return {name: np.asarray(value) for name, value in consumer.predict({input_name: features}).items()}
+    """Every output of the twin by name, from the session a registry consumer's pyfunc holds (its raw model)."""
+    session = mlflow.pyfunc.load_model(uri).get_raw_model()
+    (model_input,) = session.get_inputs()
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {model_input.name: features})))
 
 
 def versions_of(name: str) -> list:
@@ -159,6 +159,9 @@ def test_tabular_flavor_version_converts_and_matches_its_native_predict(
         np.testing.assert_allclose(outputs["probabilities"], native.predict_proba(features), atol=1e-5)
     else:
         np.testing.assert_allclose(outputs["variable"][:, 0], native.predict(features), rtol=1e-4)
+    source = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    request = features.astype(source.metadata.signature.inputs.numpy_types()[0])  # as its consumers send it
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(twin.uri).predict(request), source.predict(request), rtol=1e-4)
     if overrides == QUICK_BENCHMARK:
         metrics = MlflowClient().get_run(twin.run_id).data.metrics
         assert metrics["latency.onnxruntime_default.batch8.p50_ms"] > 0 and metrics["latency.lightgbm.batch8.p50_ms"] > 0
@@ -193,6 +196,7 @@ def test_a_raw_booster_version_converts_and_matches_its_predict(stage: str, fram
     outputs = consumer_outputs(twin.uri, features[::20])
     np.testing.assert_allclose(outputs["probabilities"][:, 1], positive, atol=1e-5)
     np.testing.assert_array_equal(outputs["label"], positive > 0.5)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(twin.uri).predict(features[::20]), positive, atol=1e-5)
 
 
 def test_a_value_on_a_float32_rounded_lightgbm_split_is_reported_and_nothing_registered(stage: str) -> None:

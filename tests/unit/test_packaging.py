@@ -7,7 +7,7 @@ from mlflow.models import Model
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage.onnx_files import data_file_of, save_onnx
-from tasks.records import OnnxArtifacts, ValidationInputs
+from tasks.records import ModelRef, OnnxArtifacts, SourceModel, TensorSpec, ValidationInputs
 from tasks.register import onnx_signature, package_model
 
 
@@ -51,10 +51,14 @@ def test_a_model_with_external_data_is_packaged_by_linking_its_data_file(tmp_pat
     x = np.ones((2, 64), np.float32)
     inputs = ValidationInputs.save([("generated batch 2", [x])], tmp_path / "cases.npz")
 
-    model_dir = package_model(artifacts, inputs, tmp_path)
+    source = SourceModel(ref=ModelRef(name="m", path=str(onnx_path)), model_file=onnx_path, kind="keras", sha256="0",
+                         inputs=[TensorSpec(name="x", shape=[None, 64], dtype="float32")],
+                         outputs=[TensorSpec(name="y", shape=[None, 64], dtype="float32")])
+
+    model_dir = package_model(source, artifacts, inputs, tmp_path)
 
     data = model_dir / "model.onnx.data"
     assert data.stat().st_ino == data_file_of(onnx_path).stat().st_ino  # linked, not rewritten
     assert (model_dir / "model.onnx").stat().st_size < weight.nbytes
     assert Model.load(str(model_dir)).model_size_bytes > weight.nbytes
-    np.testing.assert_allclose(mlflow.pyfunc.load_model(str(model_dir)).predict({"x": x})["y"], x @ weight)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(str(model_dir)).predict({"x": x}), x @ weight)
