@@ -5,6 +5,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 import tempfile
 from typing import TextIO
@@ -71,8 +72,15 @@ def _log_to_stdout() -> TextIO:
 
 
 def _one_line(message: str) -> str:
-    """The error as one line; a full disk gets the fix (where the scratch files go) added."""
+    """The error as one line; a full disk gets the fix (where the scratch files go) added, and MLflow giving up on a
+    server that went away during the run says so instead of quoting the failed request."""
     line = " ".join(message.split())
+    if "Max retries exceeded" in line:
+        reason = re.search(r"\[Errno -?\d+\][^\"')]*", line)
+        line = (f"MLflow at {os.environ.get('MLFLOW_TRACKING_URI', 'the tracking URI')} stopped answering during the "
+                f"run ({reason.group(0) if reason else 'no answer'}; "
+                f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')} retries): rerun once it answers again; "
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR make a run wait longer")
     if os.strerror(errno.ENOSPC) in line and "TMPDIR" not in line:
         line += (f"; free space there, or point TMPDIR at a disk with room (scratch files go to "
                  f"{tempfile.gettempdir()})")
