@@ -80,7 +80,7 @@ def convert_model(
             with transaction():
                 twin = register(source, packaged, onnx_model, parity, bench, config, work_dir,
                                 source_answers=source_answers)
-                check_consumer(twin, parity, source, inputs, source_answers)
+                consumer_forms = check_consumer(twin, parity, source, inputs, source_answers)
                 variant_twins = []
                 for variant in accepted:
                     variant_dir = work_dir / variant.kind
@@ -90,5 +90,5 @@ def convert_model(
                     check_consumer(variant_twins[-1], variant.parity, source, inputs, source_answers)
                 for registered in (*variant_twins, twin):  # the fp32 twin completes last
                     publish(source, registered, config)
-        print(summarise(source, onnx_model, parity, bench, twin, variants, variant_twins))
+        print(summarise(source, onnx_model, parity, bench, twin, variants, variant_twins, consumer_forms))
         return twin

@@ -131,6 +131,17 @@ def _difference(expected: Any, actual: Any, atol: float, rtol: float) -> str | N
     return None
 
 
+def answer_table(source: dict[str, Answer] | None, twin: dict[str, Answer]) -> list[tuple[str, str, str]]:
+    """(request form, what the source answers, what the twin answers) per form, for the run summary; the source
+    column is "—" for a model file, which has no pyfunc."""
+    def cell(answer: Answer | None) -> str:
+        if answer is None:
+            return "—"
+        status, value = answer
+        return "refused" if status == "error" else _describe(value).removeprefix("a ")
+    return [(form, cell((source or {}).get(form)), cell(answer)) for form, answer in twin.items()]
+
+
 def _is_numeric_nest(value: list | tuple) -> bool:
     """A list of numbers or of equal-length lists of numbers (a `tolist()` answer), not a list of arrays."""
     return not any(isinstance(item, (np.ndarray, pd.DataFrame, dict)) for item in value)

@@ -53,7 +53,7 @@ def variants_section(variants: list[VariantOutcome], variant_twins: list[Registe
 
 def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityReport, bench: BenchReport,
                 twin: RegisteredTwin, variants: list[VariantOutcome] = (),
-                variant_twins: list[RegisteredTwin] = ()) -> str:
+                variant_twins: list[RegisteredTwin] = (), consumer_forms: list[tuple[str, str, str]] = ()) -> str:
     failed_routes = "".join(f"\n- route {r} failed: {why}" for r, why in onnx_model.route_failures.items())
     return "\n".join([
         f"# {source.ref.describe()} → {twin.uri}",
@@ -64,8 +64,15 @@ def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityRe
         *([f"\nLatency distributions: `latency.png` in {twin.uri} (extra_files/), run `{twin.run_id}`."]
           if bench.rows else []),
         *variants_section(variants, variant_twins),
-        "\n## For registry consumers", consumer_line(source, twin),
+        "\n## For registry consumers", consumer_line(source, twin), *consumer_table(consumer_forms),
     ])
+
+
+def consumer_table(rows: list[tuple[str, str, str]]) -> list[str]:
+    if not rows:
+        return []
+    return ["", "| request form (mlflow.pyfunc) | source answers | twin answers |", "|---|---|---|",
+            *[f"| {form} | {source} | {twin} |" for form, source, twin in rows]]
 
 
 def consumer_line(source: SourceModel, twin: RegisteredTwin) -> str:

@@ -110,9 +110,16 @@ def save_input_example(artifact_dir: Path, inputs: list[TensorSpec], destination
         arrays = [np.asarray(getattr(example, "to_numpy", lambda: example)())]
     else:
         raise StageError(f"the input example of a {len(inputs)}-input model must be a dict keyed by input name")
-    np.savez(destination, **{spec.name: a.astype(spec.dtype).reshape(-1, *spec.shape[1:])
-                             for spec, a in zip(inputs, arrays)})
+    np.savez(destination, **{spec.name: _batched(a.astype(spec.dtype), spec) for spec, a in zip(inputs, arrays)})
     return destination
+
+
+def _batched(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """The example as a batch of the spec's shape; with a dynamic inner dimension (a token sequence's length) it
+    keeps its own shape, an unbatched example gaining the batch axis."""
+    if None not in spec.shape[1:]:
+        return array.reshape(-1, *spec.shape[1:])
+    return array[np.newaxis] if array.ndim == len(spec.shape) - 1 else array
 
 
 def sha256_of(path: Path) -> str:

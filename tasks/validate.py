@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from onnx_stage.config import StageConfig, ValidateConfig
-from onnx_stage.consumer import Answer, answer_differences, answers, request_forms
+from onnx_stage.consumer import Answer, answer_differences, answer_table, answers, request_forms
 from onnx_stage.errors import StageError
 from onnx_stage.inputs import validation_inputs
 from onnx_stage.keras_worker import KerasWorker
@@ -239,36 +239,32 @@ def ask_source(source: SourceModel, inputs: ValidationInputs, worker: KerasWorke
 
 
 def check_consumer_load(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
-                        source_answers: dict[str, Answer] | None) -> float:
+                        source_answers: dict[str, Answer] | None) -> list[tuple[str, str, str]]:
     """Load the twin as a registry consumer does (pyfunc, with its registered session options and providers):
     its session computes the source's outputs on the reference inputs at the tolerances validation used, and it
     answers every request form the source version's pyfunc answers with the same type, shape and values.
 
-    Returns the largest absolute difference on the reference outputs.
+    Returns (request form, source's answer, twin's answer) per form, for the summary.
 
     Raises:
         StageError: an output or a request form differs (the caller removes the version).
     """
     loaded = mlflow.pyfunc.load_model(twin.uri)
     reference, expected = np.load(report.reference_inputs), np.load(report.reference_outputs)
-    session = loaded.get_raw_model()
-    outputs = dict(zip(expected.files, session.run(expected.files, {k: reference[k] for k in reference.files})))
+    outputs = loaded.get_raw_model().run(expected.files, {k: reference[k] for k in reference.files})
     tolerances = {o.output: o for o in report.cases[0].outputs}
-    worst = 0.0
-    for name in expected.files:
-        actual, tolerance = outputs[name], tolerances[name]
-        if not close_enough(expected[name], actual, tolerance.atol, tolerance.rtol):
+    for name, actual in zip(expected.files, outputs):
+        if not close_enough(expected[name], actual, tolerances[name].atol, tolerances[name].rtol):
             raise StageError(f"{twin.uri} loaded through mlflow.pyfunc disagrees with the source model on output "
                              f"{name!r}: max|Δ|={np.abs(actual - expected[name]).max():.3g}; the version was removed")
-        worst = max(worst, float(np.abs(actual - expected[name]).max()))
+    twin_answers = answers(loaded, consumer_requests(source, inputs))
     if source_answers is not None:
         atol, rtol = max(t.atol for t in tolerances.values()), max(t.rtol for t in tolerances.values())
-        differences = answer_differences(source_answers, answers(loaded, consumer_requests(source, inputs)), atol, rtol)
-        if differences:
+        if differences := answer_differences(source_answers, twin_answers, atol, rtol):
             raise StageError(f"{twin.uri} does not answer like {source.ref.describe()} through mlflow.pyfunc: "
                              f"{differences[0]}" + (f" (and {len(differences) - 1} more request forms)"
                                                     if len(differences) > 1 else "") + "; the version was removed")
-    return worst
+    return answer_table(source_answers, twin_answers)
 
 
 def _write_npz(path: Path, names: list[str], arrays: list[np.ndarray]) -> Path:
@@ -311,5 +307,5 @@ def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: Ke
 
 @task(name="check-consumer-load", cache_policy=NO_CACHE)
 def check_consumer(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
-                   source_answers: dict[str, Answer] | None) -> float:
+                   source_answers: dict[str, Answer] | None) -> list[tuple[str, str, str]]:
     return check_consumer_load(twin, report, source, inputs, source_answers)

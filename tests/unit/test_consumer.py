@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_stage.consumer import answer_differences, answer_form, answers, request_forms, tabular_answer
+from onnx_stage.consumer import (answer_differences, answer_form, answer_table, answers, request_forms,
+                                 tabular_answer)
 from onnx_stage.onnx_twin_pyfunc import OnnxTwin
 from onnx_stage.parity import close_enough
 from onnx_stage.routes import name_inputs
@@ -113,3 +114,11 @@ def test_answer_form_by_kind_and_flavor() -> None:
     assert answer_form("sklearn", {"sklearn": {}}) == "tabular"
     assert answer_form("saved_model", {"tensorflow": {"model_type": "tf2-module"}}) == "tensorflow_module"
     assert answer_form("saved_model", {"tensorflow": {"model_type": "tf1-estimator"}}) == "tensorflow_signature"
+
+
+def test_answer_table_names_what_each_side_answers() -> None:
+    twin = {"ndarray": ("ok", np.zeros((2, 10))), "dict by input name": ("error", "ValueError: no")}
+    assert answer_table({"ndarray": ("ok", np.zeros((2, 10))), "dict by input name": ("error", "x")}, twin) == [
+        ("ndarray", "ndarray of shape (2, 10)", "ndarray of shape (2, 10)"),
+        ("dict by input name", "refused", "refused")]
+    assert answer_table(None, twin)[0][1] == "—"
