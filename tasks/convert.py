@@ -61,7 +61,7 @@ def convert_surviving_crashes(worker: KerasWorker, routes: list[str], opset: int
                 if crashed:
                     raise WorkerError(f"{error}; {'; '.join(crashed.values())}") from None
                 raise
-            name = marker.read_text()
+            name = marker.read_text().split()[-1]  # the route that was running
             marker.unlink()
             crashed[name] = f"route {name} crashed (signal {error.signal_number}, {signal.Signals(error.signal_number).name})"
             routes = routes[routes.index(name) + 1:]

@@ -39,8 +39,9 @@ def route(name: str) -> ModuleType:
 
 
 def crash_marker(onnx_path: str) -> Path:
-    """The file that names the route being tried: if a route kills the child (a segfault or abort inside a
-    converter), the parent reads there which one it was (tasks/convert.py), reports it and goes on with the next."""
+    """The file that names the routes tried, one a line, the last the one running: if a route kills the child (a
+    segfault or abort inside a converter), the parent reads there which one it was (tasks/convert.py), reports it and
+    goes on with the next. Appended to, never truncated, so a child killed mid-write still names a route."""
     return Path(f"{onnx_path}.route")
 
 
@@ -56,9 +57,11 @@ def convert_first_working(model: Any, routes: list[str], opset: int, onnx_path: 
     failures: dict[str, str] = {}
     _reset_peak_rss()
     marker = crash_marker(onnx_path)
+    marker.unlink(missing_ok=True)
     for name in routes:
         started = time.perf_counter()
-        marker.write_text(name)
+        with marker.open("a") as names:
+            names.write(name + "\n")
         try:
             opset_used = _convert_with(name, model, opset, input_names, output_names, onnx_path)
         except Exception as error:
