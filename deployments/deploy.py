@@ -41,7 +41,8 @@ def ensure_work_pool(client: SyncPrefectClient, name: str = WORK_POOL, pool_type
 
 def deployments_on(pool: str) -> list[str]:
     """Names of the deployments in prefect.yaml that run on this work pool."""
-    return [d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if d["work_pool"]["name"] == pool]
+    deployments = yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+    return [d["name"] for d in deployments if d["work_pool"]["name"] == pool]
 
 
 def run_prefect_deploy(config_path: str | None = None, names: list[str] | None = None,
@@ -86,11 +87,14 @@ def limit_conversions(client: SyncPrefectClient, limit: int) -> None:
     client.update_deployment(deployment.id, DeploymentUpdate(concurrency_limit=limit))
 
 
-def deploy_containers(image: str) -> None:
-    """The docker pool and the deployment that converts in a container of `image` (deployments/containers.py)."""
+def deploy_containers(image: str, credentials_file: str) -> None:
+    """The docker pool and the deployment that converts in a container of `image` (deployments/containers.py),
+    MLflow's credentials mounted from `credentials_file`."""
     with get_client(sync_client=True) as client:
         ensure_work_pool(client, DOCKER_POOL, "docker")
-    run_prefect_deploy(names=deployments_on(DOCKER_POOL), env={"ONNX_STAGE_WORKER_IMAGE": image})
+    run_prefect_deploy(names=deployments_on(DOCKER_POOL), env={
+        "ONNX_STAGE_WORKER_IMAGE": image, "ONNX_STAGE_MLFLOW_CREDENTIALS": credentials_file,
+        "ONNX_STAGE_PROJECT_ROOT": str(PROJECT_ROOT)})
 
 
 def deploy(config_path: str | None = None) -> int:
@@ -109,7 +113,7 @@ def deploy(config_path: str | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--containers"]:
-        deploy_containers(sys.argv[2])
+        deploy_containers(sys.argv[2], sys.argv[3])
         print(f"deployed {', '.join(deployments_on(DOCKER_POOL))} on pool {DOCKER_POOL} ({sys.argv[2]})")
     else:
         removed = deploy(sys.argv[1] if len(sys.argv) > 1 else None)

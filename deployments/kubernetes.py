@@ -56,7 +56,8 @@ def base_job_template(image: str = "registry.example.com/onnx-stage-worker:lates
     container["env"] = [
         {"name": "MLFLOW_TRACKING_URI", "value": "{{ mlflow_tracking_uri }}"},
         *({"name": f"MLFLOW_TRACKING_{key.upper()}",
-           "valueFrom": {"secretKeyRef": {"name": "{{ mlflow_secret }}", "key": key}}} for key in ("username", "password")),
+           "valueFrom": {"secretKeyRef": {"name": "{{ mlflow_secret }}", "key": key}}}
+          for key in ("username", "password")),
     ]
     template["job_configuration"]["env"] = "{{ env }}"
     return template

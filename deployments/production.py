@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -52,6 +53,22 @@ def tcp_open(port: int) -> bool:
         return False
 
 
+def free_port_block() -> int:
+    """A base port whose whole block (and SeaweedFS' gRPC ports, +10000) is free on 127.0.0.1: for a second stack
+    beside one on the default ports (tests, benchmarks)."""
+    grpc = [PORT_OFFSETS[name] + 10000 for name in ("weed-master", "weed-volume", "weed-filer", "weed-admin")]
+    for _ in range(50):
+        base = random.randrange(20000, 29000, 20)
+        try:
+            for offset in [*PORT_OFFSETS.values(), *grpc]:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise StackError("no free block of ports between 20000 and 29000; stop some servers or set the ports yourself")
+
+
 def missing_programs() -> list[str]:
     """The Debian packages whose programs the production stack needs and does not find."""
     return [package for package, program in APT_PROGRAMS.items() if not program.exists()]
@@ -68,7 +85,8 @@ class ProductionStack(Stack):
     def from_env(cls) -> "ProductionStack":
         raw = os.environ.get("ONNX_STAGE_PRODUCTION_PORT", "15400")
         if not raw.isdigit():
-            raise StackError(f"ONNX_STAGE_PRODUCTION_PORT={raw!r} is not a port number; set it to e.g. 15400 or unset it")
+            raise StackError(f"ONNX_STAGE_PRODUCTION_PORT={raw!r} is not a port number; set it to e.g. 15400 "
+                             "or unset it")
         return cls.at(stage_home() / "production", int(raw))
 
     @classmethod
@@ -103,6 +121,15 @@ class ProductionStack(Stack):
         return {**super().client_env(), "MLFLOW_TRACKING_USERNAME": STAGE_USER,
                 "MLFLOW_TRACKING_PASSWORD": self.secrets()["MLFLOW_STAGE_PASSWORD"]}
 
+    def mlflow_credentials_file(self) -> Path:
+        """The stage user's MLflow login as MLflow's client reads it from ~/.mlflow/credentials (mode 0600): what a
+        container mounts instead of holding the password in its environment or in Prefect."""
+        path = self.state_dir / "mlflow-credentials"
+        path.touch(mode=0o600)
+        path.write_text(f"[mlflow]\nmlflow_tracking_username = {STAGE_USER}\n"
+                        f"mlflow_tracking_password = {self.secrets()['MLFLOW_STAGE_PASSWORD']}\n")
+        return path
+
     def s3_client(self):  # -> botocore S3 client
         """boto3 S3 client with the stack's keys (only the MLflow server and tests hold them)."""
         import boto3
@@ -118,7 +145,8 @@ class ProductionStack(Stack):
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "asyncpg"),
                 "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
                 "PREFECT_UI_API_URL": self.prefect_api, "PREFECT_API_URL": self.prefect_api,
-                "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging", "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+                "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+                "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
                 "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
                 "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
                 "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1", "PREFECT_REDIS_MESSAGING_PORT": str(redis),
@@ -358,7 +386,8 @@ class ProductionStack(Stack):
 
     # Prefect ----------------------------------------------------------------------------------------------------
     def migrate_prefect(self) -> None:
-        """Migrations once, before any replica starts (replicas never migrate: PREFECT_API_DATABASE_MIGRATE_ON_START)."""
+        """Migrations once, before any replica starts (the replicas never migrate:
+        PREFECT_API_DATABASE_MIGRATE_ON_START=false)."""
         log = self.state_dir / "logs" / "prefect-migrate.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as stream:
@@ -436,7 +465,7 @@ http {{
         return f"""
 MLflow     {self.mlflow_uri}   (basic-auth: admin and {STAGE_USER}; passwords in {self.state_dir / 'secrets.env'})
 Artifacts  s3://{BUCKET}/mlflow-artifacts on SeaweedFS {self.s3_endpoint}, proxied by MLflow
-Prefect UI {self.prefect_api.removesuffix('/api')}/deployments   (nginx -> 2 API replicas; {WORKERS} workers on pool onnx-stage)
+Prefect UI {self.prefect_api.removesuffix('/api')}/deployments   (nginx, 2 replicas; {WORKERS} workers, pool onnx-stage)
 Logs       {self.state_dir / 'logs'}
 Use it:    export MLFLOW_TRACKING_URI={self.mlflow_uri} PREFECT_API_URL={self.prefect_api}
            export MLFLOW_TRACKING_USERNAME=<your MLflow user> MLFLOW_TRACKING_PASSWORD=<its password>"""

@@ -180,9 +180,9 @@ class Stack:
 
 def stacks(profile: str | None) -> list[Stack]:
     """The stacks a command acts on: the named profile's, or both (`down` with no profile stops whatever runs)."""
-    from deployments.production import ProductionStack
+    from deployments.containers import ContainerStack  # the production stack, and its docker worker if started
 
-    profiles = {"local": Stack.from_env, "production": ProductionStack.from_env}
+    profiles = {"local": Stack.from_env, "production": ContainerStack.from_env}
     if profile is not None and profile not in profiles:
         raise StackError(f"unknown profile {profile!r}; use one of {', '.join(profiles)}")
     return [profiles[name]() for name in ([profile] if profile else profiles)]
@@ -206,17 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     if command not in (["up"], ["down"]) or len(arguments) not in (1, 3) or (len(arguments) == 3 and not profile):
         print("usage: python -m deployments.stack up|down [--profile local|production]", file=sys.stderr)
         return 2
+    def up() -> str:
+        stack = stacks(profile or "local")[0]
+        stack.up()
+        return summary(stack)
+
+    def down() -> str:
+        for stack in stacks(profile):
+            stack.down()
+        return "stack stopped"
+
+    return run_command("stack", up if command == ["up"] else down)
+
+
+def run_command(name: str, action: Callable[[], str]) -> int:
+    """Run one command of a stack script: its result on stdout and exit code 0, or one error line and 1."""
     try:
-        if command == ["up"]:
-            stack = stacks(profile or "local")[0]
-            stack.up()
-            print(summary(stack))
-        else:
-            for stack in stacks(profile):
-                stack.down()
-            print("stack stopped")
+        print(action())
     except (StackError, RuntimeError, subprocess.CalledProcessError) as error:
-        print(f"onnx-stage stack: error: {error}", file=sys.stderr)
+        print(f"onnx-stage {name}: error: {error}", file=sys.stderr)
         return 1
     return 0
 
