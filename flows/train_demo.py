@@ -39,6 +39,16 @@ def train_digits_mlp(epochs: int, seed: int) -> tuple[keras.Model, np.ndarray, f
 def train_and_register(name: str = "digits-mlp", alias: str = "champion", epochs: int = 30, seed: int = 0) -> str:
     configure_tracking()
     use_experiment("digits-demo")
+    run_id, accuracy = train_and_log(epochs, seed)
+    version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+    MlflowClient().set_registered_model_alias(name, alias, version)
+    print(f"trained {name} (test accuracy {accuracy:.3f}), registered version {version} as {name}@{alias}")
+    return str(version)
+
+
+def train_and_log(epochs: int, seed: int) -> tuple[str, float]:
+    """Train digits-mlp and log it (MLflow keras flavor under `model/`, the legacy .h5 under `legacy/`) into a new
+    run of the current experiment; returns (run id, test accuracy). Registering it is the caller's choice."""
     model, example, accuracy = train_digits_mlp(epochs, seed)
     with mlflow.start_run(run_name="train digits-mlp") as run, tempfile.TemporaryDirectory() as scratch:
         mlflow.log_metric("test_accuracy", accuracy)
@@ -52,10 +62,7 @@ def train_and_register(name: str = "digits-mlp", alias: str = "champion", epochs
         mlflow.log_artifacts(str(model_dir), artifact_path="model")
         model.save(Path(scratch) / "digits_mlp.h5")  # the original article's legacy format, as a run artifact
         mlflow.log_artifact(str(Path(scratch) / "digits_mlp.h5"), artifact_path="legacy")
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
-    MlflowClient().set_registered_model_alias(name, alias, version)
-    print(f"trained {name} (test accuracy {accuracy:.3f}), registered version {version} as {name}@{alias}")
-    return str(version)
+    return run.info.run_id, accuracy
 
 
 if __name__ == "__main__":
