@@ -79,6 +79,9 @@ class BenchmarkConfig(_Section):
         True, description="Try onnxruntime thread counts and optimisation levels; register the fastest."
     )
     screening_runs: int = Field(30, ge=3, description="Timed runs per candidate while tuning.")
+    raw_samples: bool = Field(
+        False, description="Also log every timed call's latency as the run artifact benchmark_samples.json (the "
+                           "model's benchmark.json keeps percentiles, CI and a histogram).")
     tune_thread_counts: bool = Field(
         False, description="Also try onnxruntime thread counts and register the fastest. They are measured on the "
                            "machine running the stage and bind every consumer to them (benchmarks/registered_threads.py"

@@ -36,6 +36,9 @@ def time_interleaved(calls: dict[str, Callable[[], object]], warmup_runs: int, m
     return durations
 
 
+HISTOGRAM_BINS = 40
+
+
 def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> LatencyStats:
     milliseconds = np.asarray(durations_s) * 1e3
     p50, p95, p99 = np.percentile(milliseconds, [50, 95, 99])
@@ -43,4 +46,14 @@ def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> La
     half_width = 1.96 * float(milliseconds.std(ddof=1)) / math.sqrt(len(milliseconds)) if len(milliseconds) > 1 else 0.0
     return LatencyStats(runtime=runtime, batch_size=batch_size, runs=len(milliseconds), p50_ms=float(p50),
                         p95_ms=float(p95), p99_ms=float(p99), mean_ms=mean, mean_ci95_ms=half_width,
-                        throughput_per_s=batch_size * 1e3 / mean, samples_ms=milliseconds.round(4).tolist())
+                        throughput_per_s=batch_size * 1e3 / mean, histogram_ms=histogram(milliseconds),
+                        samples_ms=milliseconds.round(4).tolist())
+
+
+def histogram(milliseconds: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
+    """Counts over log-spaced bins from the fastest to the slowest call: the distribution's shape in a few hundred
+    bytes, where the raw samples of a fast model are tens of thousands of numbers (megabytes of JSON)."""
+    low, high = float(milliseconds.min()), float(milliseconds.max())
+    edges = np.geomspace(low, high, bins + 1) if 0 < low < high else np.array([low, high])
+    counts, edges = np.histogram(milliseconds, bins=edges)
+    return {"edges": edges.round(5).tolist(), "counts": counts.astype(float).tolist()}

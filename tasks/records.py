@@ -168,7 +168,10 @@ class LatencyStats(Record):
     mean_ms: float
     mean_ci95_ms: float = Field(..., description="Half-width of the 95 % confidence interval of the mean.")
     throughput_per_s: float
-    samples_ms: list[float] = Field(default_factory=list, repr=False)
+    histogram_ms: dict[str, list[float]] = Field(
+        default_factory=dict, description="Latency histogram: `edges` (ms, log-spaced) and `counts` per bin.")
+    samples_ms: list[float] = Field(default_factory=list, repr=False, exclude=True,
+                                    description="Every timed call (ms): for the latency plot; not in benchmark.json")
 
 
 KERAS, ORT_DEFAULT, ORT_TUNED = "keras", "onnxruntime default", "onnxruntime tuned"

@@ -26,7 +26,8 @@ def versions_of(name: str) -> list:
 
 
 def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_path: Path) -> None:
-    twin = convert_model(model_name="digits-mlp", alias="champion", config=load_config(overrides=FAST))
+    twin = convert_model(model_name="digits-mlp", alias="champion",
+                         config=load_config(overrides=[*FAST, "benchmark.raw_samples=true"]))
 
     assert twin.created and twin.name == "digits-mlp-onnx"
     client = MlflowClient()
@@ -50,7 +51,10 @@ def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_pa
     validation = json.loads((files / "extra_files" / "validation.json").read_text())
     assert validation["passed"] and {c["batch_size"] for c in validation["cases"]} >= {1, 16}
     bench = json.loads((files / "extra_files" / "benchmark.json").read_text())
-    assert bench["rows"]
+    assert bench["rows"] and all("samples_ms" not in row and sum(row["histogram_ms"]["counts"]) == row["runs"]
+                                 for row in bench["rows"])  # what a consumer downloads stays small
+    samples = mlflow.artifacts.load_dict(f"runs:/{twin.run_id}/benchmark_samples.json")  # asked for: on the run
+    assert len(samples["keras batch 1"]) == next(r["runs"] for r in bench["rows"] if r["runtime"] == "keras")
     flavor = mlflow.models.Model.load(twin.uri).flavors["onnx"]  # packaged before validation, completed after
     assert {f["path"] for f in flavor["extra_files"]} >= {f"extra_files/{name}" for name in (
         "model.json", "model.onnx.txt", "validation.json", "benchmark.json", "latency.png")}

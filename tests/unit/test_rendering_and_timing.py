@@ -47,6 +47,8 @@ def test_latency_stats_on_synthetic_timings() -> None:
     durations = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     stats = latency_stats("onnxruntime", 8, durations)
     assert stats.runs == 100 and len(stats.samples_ms) == 100
+    assert sum(stats.histogram_ms["counts"]) == 100 and len(stats.histogram_ms["edges"]) == 41
+    assert "samples_ms" not in stats.model_dump(mode="json")  # benchmark.json stays small
     assert stats.p50_ms == pytest.approx(50.5)
     assert stats.p95_ms == pytest.approx(95.05) and stats.p99_ms == pytest.approx(99.01)
     assert stats.mean_ms == pytest.approx(50.5)
