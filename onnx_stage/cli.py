@@ -32,17 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or bool(os.environ.get("ONNX_STAGE_DEBUG"))
     # Prefect's ephemeral server otherwise phones home (no network here) and races its own sqlite writes
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded machine starts slowly
     errors = sys.stderr if debug else _log_to_stdout()
     try:
         config = load_config(args.config, args.overrides)
         from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
         from onnx_stage.access import check_write_access
+        from onnx_stage.lease import start_ephemeral_prefect
         from onnx_stage.tracking import configure_tracking
 
         if not debug:
             _hide_tracebacks()
         configure_tracking()
         check_write_access(args.model, config, from_registry=args.path is None)
+        start_ephemeral_prefect()
         twin = convert_model(model_name=args.model, version=args.version, alias=args.alias, path=args.path,
                              config=config)
     except (StageError, ConfigError) as error:

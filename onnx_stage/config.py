@@ -131,7 +131,7 @@ class RegisterConfig(_Section):
         1800, gt=0, description="How long a run waits while another run converts the same model (then it reports "
                                 "the other's twin).")
     lease_seconds: float = Field(
-        120, ge=10, description="Lease on a conversion in progress, renewed while it runs: a run that dies frees "
+        120, ge=60, description="Lease on a conversion in progress, renewed while it runs: a run that dies frees "
                                 "its model after this long (Prefect server only; embedded: at once).")
 
 

@@ -54,6 +54,21 @@ def conversion_lease(key: str, wait_seconds: float, lease_seconds: float) -> Ite
             yield
 
 
+def start_ephemeral_prefect() -> None:
+    """Start this process's Prefect ephemeral server now, one process at a time (a file lock in PREFECT_HOME), when
+    no PREFECT_API_URL is set; the flow then reuses it. Each process of the embedded defaults starts its own server
+    on the one sqlite database in PREFECT_HOME: two starting at once race its migrations and time out (measured:
+    two `onnx-stage convert` started together, both "Timed out while attempting to connect to ephemeral Prefect API
+    server")."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return
+    with _file_lease(Path(PREFECT_HOME.value()) / "onnx-stage-server-start.lock", wait_seconds=600):
+        SubprocessASGIServer().start()
+
+
 @contextmanager
 def _prefect_lease(name: str, wait_seconds: float, lease_seconds: float) -> Iterator[None]:
     from prefect.client.orchestration import get_client

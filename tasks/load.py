@@ -76,12 +76,12 @@ def resolve_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
     if ref.version is None:
         if not versions:
             raise StageError(f"model {ref.name!r} has no versions yet; register one first")
-        return versions[0]
+        return client.get_model_version(ref.name, versions[0].version)  # search results carry no aliases
     match = [v for v in versions if str(v.version) == str(ref.version)]
     if not match:
         raise StageError(f"model {ref.name!r} has no version {ref.version}; its versions: "
                          f"{', '.join(str(v.version) for v in reversed(versions)) or 'none'}")
-    return match[0]
+    return client.get_model_version(ref.name, match[0].version)
 
 
 def fetch_artifacts(ref: ModelRef, version: ModelVersion | None, destination: Path) -> Path:

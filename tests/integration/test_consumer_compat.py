@@ -83,8 +83,9 @@ def pairs(stage: str, digits_model: str, tmp_path_factory: pytest.TempPathFactor
             for name, version in versions.items()}
 
 
-def requests_for(source_uri: str) -> dict[str, object]:
-    """The request forms for a version's own input example (its arrays, named as its signature names them)."""
+def requests_for(source_uri: str, twin_uri: str) -> dict[str, object]:
+    """The request forms for a version's own input example (its arrays, named as its signature names them, else
+    as the model names its inputs, which the twin's ONNX inputs carry)."""
     model = mlflow.models.Model.load(source_uri)
     local = mlflow.artifacts.download_artifacts(source_uri)
     example = model.load_input_example(local)
@@ -93,13 +94,14 @@ def requests_for(source_uri: str) -> dict[str, object]:
     array = np.asarray(example.to_numpy() if isinstance(example, pd.DataFrame) else example)
     signature = model.signature  # None where MLflow could not infer one (the two-output model)
     columns = None if signature is None or signature.inputs.is_tensor_spec() else signature.inputs.input_names()
-    return request_forms(["input"], [array], columns)
+    names = [i.name for i in mlflow.pyfunc.load_model(twin_uri).get_raw_model().get_inputs()]
+    return request_forms(names, [array], columns)
 
 
 def test_every_pyfunc_request_form_is_answered_alike(pairs: dict[str, tuple[str, str]]) -> None:
     print("\n| model | request (mlflow.pyfunc) | source answers | twin answers |\n|---|---|---|---|")  # README matrix
     for source_uri, twin_uri in pairs.items():
-        requests = requests_for(source_uri)
+        requests = requests_for(source_uri, twin_uri)
         expected = answers(mlflow.pyfunc.load_model(source_uri), requests)
         actual = answers(mlflow.pyfunc.load_model(twin_uri), requests)
         for form, source_cell, twin_cell in answer_table(expected, actual):
@@ -171,7 +173,7 @@ def test_every_rest_request_form_is_answered_alike(pairs: dict[str, tuple[str, s
     answered = 0
     print("\n| model | request (REST) | source | twin |\n|---|---|---|---|")  # README matrix
     for source_uri, twin_uri in pairs.items():
-        for form, payload in rest_payloads(requests_for(source_uri)).items():
+        for form, payload in rest_payloads(requests_for(source_uri, twin_uri)).items():
             (source_status, expected), (twin_status, actual) = invoke(served[source_uri], payload), invoke(
                 served[twin_uri], payload)
             print(f"| {source_uri} | {form} | {_cell(source_status, expected)} | {_cell(twin_status, actual)} |")
