@@ -214,8 +214,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> St
     try:
         return StageConfig.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid configuration ({path}): {problems}") from None
+        problems = "; ".join(f"{_origin(e['loc'], path, overrides)}{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in error.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _origin(location: tuple, path: Path, overrides: list[str]) -> str:
+    """Where a bad setting came from: the --set that gave it (the last one naming it or a section above it), else
+    the config file."""
+    keys = [".".join(map(str, location[:depth])) for depth in range(len(location), 0, -1)]
+    given = [o for o in overrides if o.partition("=")[0].strip() in keys]
+    return f"--set {given[-1]}: " if given else f"{path}: "
 
 
 def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:

@@ -89,9 +89,12 @@ def _refusal(layer: keras.layers.Layer, opset: int) -> str | None:
         return (f"uses interpolation={interpolation!r}, which ONNX Resize has no mode for (nearest, linear, cubic "
                 "only) and the upsampled size is not known before the model runs: use 'bilinear' or 'bicubic'")
     if dynamic and interpolation == "bicubic" and not _sampled_exactly(layer):
-        return ("resizes a dynamic-size image bicubically, where TensorFlow rounds sample positions to 1/1024 pixel "
-                "(its coefficient table) and ONNX Resize does not: they differ by up to ~4e-4 unless the scale is a "
-                "power of two: use a power-of-two UpSampling2D factor, 'bilinear', or a fixed input size")
+        why = ("where TensorFlow rounds sample positions to 1/1024 pixel (its coefficient table) and ONNX Resize does "
+               "not: they differ by up to ~4e-4 unless the scale is a power of two")
+        if kind == "UpSampling2D":  # lowered through a size tensor whatever the input size
+            return (f"upsamples bicubically by {tuple(layer.size)}, {why}: use a power-of-two factor, 'bilinear', "
+                    "or on a fixed input size a Resizing(interpolation='bicubic') layer to the upsampled size")
+        return f"resizes a dynamic-size image bicubically, {why}: use 'bilinear' or a fixed input size"
     return None
 
 

@@ -211,17 +211,21 @@ def version_description(source: SourceModel, twin: RegisteredTwin, onnx_model: O
                         bench: BenchReport) -> str:
     """What the MLflow UI shows on the twin's version page (markdown): what it is, how it was proven, the change
     a consumer makes."""
+    source_uri = (f"models:/{source.ref.name}/{source.registry_version}" if source.registry_version
+                  else str(source.ref.path))
     before, after = consumer_uris(source, twin)
+    by_alias = (f" By alias, as aliases are mirrored: `{after}` instead of `{before}` (aliases move with new "
+                "versions; this version's source stays the one above).") if source.aliases else ""
     worst = max(o.max_abs for c in parity.cases for o in c.outputs)
     runtime = bench.registered_runtime if twin.variant == FULL_PRECISION else f"onnxruntime {twin.variant}"
     speedup = bench.speedup(1, runtime=runtime) if bench.rows else None
     speed = f" It runs **{speedup:.1f}×** {source.native_runtime} at batch 1 (p50)." if speedup else ""
-    return (f"ONNX twin ({twin.variant}) of `{source.ref.describe()}` (sha256 `{source.sha256[:12]}`), converted by "
+    return (f"ONNX twin ({twin.variant}) of `{source_uri}` (sha256 `{source.sha256[:12]}`), converted by "
             f"`{onnx_model.route}` at opset {onnx_model.opset}.\n\n"
             f"Parity with the source: max |Δ| {worst:.2g} over {len(parity.cases)} input sets "
             f"(atol {parity.atol:g}, rtol {parity.rtol:g}).{speed}\n\n"
-            f"**Consumers:** load `{after}` instead of `{before}`: nothing else changes (same input names, request "
-            "forms and answers; needs only mlflow and onnxruntime).")
+            f"**Consumers:** load `{twin.uri}` instead of `{source_uri}`: nothing else changes (same input names, "
+            f"request forms and answers; needs only mlflow and onnxruntime).{by_alias}")
 
 
 def _add_evidence(model_dir: Path, reports: list[Path], session_options: dict[str, int | str],

@@ -65,3 +65,12 @@ def test_malformed_yaml_is_named_with_file_line_and_column(tmp_path: Path, text:
 def test_every_count_and_size_is_at_least_one(override: str) -> None:
     with pytest.raises(ConfigError, match=r"greater than or equal to [01]"):
         load_config(overrides=[override])
+
+
+def test_a_bad_value_names_the_set_or_the_file_it_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--set validation.batch_sizes=\[0\]: validation.batch_sizes.0"):
+        load_config(overrides=["validation.batch_sizes=[0]"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("validation:\n  atol: -1\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: validation.atol"):
+        load_config(bad)
