@@ -19,13 +19,14 @@ def train_version(seed: int) -> str:
 
 
 def twin_of(version: str) -> str | None:
-    """The ONNX twin version registered for MODEL/version, if any."""
+    """The complete ONNX twin version of MODEL/version, if any (a version still being checked does not count)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     if not client.search_registered_models(filter_string=f"name='{MODEL}-onnx'"):
         return None
-    twins = client.search_model_versions(f"name='{MODEL}-onnx' and tags.`onnx_stage.twin_of`='{MODEL}/{version}'")
+    twins = client.search_model_versions(f"name='{MODEL}-onnx' and tags.`onnx_stage.twin_of`='{MODEL}/{version}' "
+                                         "and tags.`onnx_stage.complete`='true'")  # registered, checked, published
     return twins[0].version if twins else None
 
 

@@ -30,7 +30,7 @@ SCIENTIST = ("dana", "dana-" + os.urandom(6).hex())
 READER = ("rita", "rita-" + os.urandom(6).hex())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down (and its env and settings undone) before the next module
 def stack_and_image() -> Iterator[tuple[ContainerStack, Future]]:
     """The stack started with the same code as `make stack-up PROFILE=production`; the test process then acts as
     the stage's user unless a test says otherwise (as_user)."""
@@ -69,7 +69,7 @@ def stack_and_image() -> Iterator[tuple[ContainerStack, Future]]:
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def production(stack_and_image: tuple[ContainerStack, Future]) -> ContainerStack:
     return stack_and_image[0]
 
