@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from onnx_stage.servers import (
-    BIN, launch, mlflow_server_command, prefect_server_command, prefect_server_env, stop_group, wait_until_healthy,
+    BIN, MLFLOW_SERVER_ENV, launch, mlflow_server_command, prefect_server_command, prefect_server_env, stop_group,
+    wait_until_healthy,
 )
 from onnx_stage.tracking import stage_home
 
@@ -93,7 +94,8 @@ class Stack:
     def service(self, name: str) -> tuple[list[str], dict[str, str], Health]:
         """command, environment and health URL of one service."""
         if name == "mlflow":
-            env = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            env = {**MLFLOW_SERVER_ENV, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+                   "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self.secrets()["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]}
             return mlflow_server_command(self.state_dir / "mlflow", self.mlflow_port), env, f"{self.mlflow_uri}/health"
         if name == "prefect":

@@ -90,6 +90,10 @@ def running(command: list[str], health_url: str, log: Path, env: dict[str, str] 
         stop_group(process.pid)
 
 
+# MLflow's server otherwise starts a job runner and seven huey consumers (~2 GB, GenAI jobs) the stage never uses
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def mlflow_server_command(state_dir: Path, port: int) -> list[str]:
     return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
@@ -113,7 +117,8 @@ def mlflow_server(state_dir: Path, port: int | None = None, env: dict[str, str] 
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    with running(mlflow_server_command(state_dir, port), f"{url}/health", state_dir / "mlflow-server.log", env):
+    with running(mlflow_server_command(state_dir, port), f"{url}/health", state_dir / "mlflow-server.log",
+                 {**MLFLOW_SERVER_ENV, **(env or {})}):
         yield url
 
 
