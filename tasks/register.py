@@ -36,7 +36,9 @@ from tasks.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityRep
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
-COMPLETE = TAG + "complete"  # written last, once the twin is published: a version without it is half-made
+# "false" when registered, "true" written last once the twin is published: "false" is half-made. Twins registered
+# before the marker existed carry none and count as complete (an upgrade must not delete them).
+COMPLETE = TAG + "complete"
 
 
 def twin_name(source: SourceModel, config: StageConfig) -> str:
@@ -61,7 +63,7 @@ def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTw
     for found in client.search_model_versions(query, order_by=["version_number DESC"]):
         if found.tags.get(TAG + "config_fingerprint") != config.artifact_fingerprint():
             continue
-        if found.tags.get(COMPLETE) != "true":
+        if found.tags.get(COMPLETE) == "false":
             print(f"removing half-made version {found.version} of {name} (its run stopped before completing it)")
             client.delete_model_version(name, found.version)
         elif found.tags.get(TAG + "variant") == FULL_PRECISION and complete is None:
@@ -260,6 +262,7 @@ def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
                   config: StageConfig, variant: str) -> dict[str, str]:
     runtime = bench.registered_runtime if variant == FULL_PRECISION else f"onnxruntime {variant}"
     tags = {
+        COMPLETE: "false",
         TAG + "variant": variant,
         TWIN_OF: f"{source.ref.name}/{source.registry_version}" if source.registry_version else str(source.ref.path),
         TAG + "source_name": source.ref.name,

@@ -59,6 +59,13 @@ def test_two_runs_of_one_version_at_once_make_one_twin(tmp_path: Path, monkeypat
         finals = sorted(re.findall(r"digits-race-onnx version (\d+) \((.*?)\)", "".join(outputs)))
         assert finals == [(str(twin.version), "already registered, nothing new created"),
                           (str(twin.version), "registered")]
+
+        # a twin registered before the completion marker existed carries none: it counts as complete, never deleted
+        MlflowClient().delete_model_version_tag("digits-race-onnx", twin.version, "onnx_stage.complete")
+        again = subprocess.run([*CLI, "--model", "digits-race", "--version", version, *QUICK], env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0 and "(already registered, nothing new created)" in again.stdout, again.stdout
+        assert [v.version for v in complete_twins("digits-race-onnx")] == [twin.version]
     finally:
         mlflow.set_tracking_uri(saved)
 
@@ -100,7 +107,7 @@ def test_a_run_killed_at_any_moment_then_rerun_leaves_one_complete_twin(
     assert run.returncode == -signal.SIGKILL, "".join(log[-20:])
     if moment == "between register and publish":
         (half_made,) = complete_twins(twin_name)
-        assert "onnx_stage.complete" not in half_made.tags  # registered, never completed
+        assert half_made.tags["onnx_stage.complete"] == "false"  # registered, never completed
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
