@@ -108,7 +108,7 @@ def test_failed_parity_registers_nothing(digits_model: str) -> None:
     (["--model", "digits-mlp", "--version", "99"], "model 'digits-mlp' has no version 99; its versions: 1"),
     (["--model", "digits-mlp", "--alias", "nope"], "model 'digits-mlp' has no alias 'nope'; its aliases: champion→v1"),
     (["--model", "digits-mlp", "--path", "/no/such/model.h5"], "cannot fetch /no/such/model.h5"),
-    (["--model", "digits-mlp", "--set", "validation.atol=-1"], "invalid configuration .*validation.atol"),
+    (["--model", "digits-mlp", "--set", "validation.atol=-1"], "invalid configuration.*validation.atol"),
 ])
 def test_bad_references_fail_with_one_clear_line(digits_model: str, capsys: pytest.CaptureFixture,
                                                  selector: list[str], message: str) -> None:
