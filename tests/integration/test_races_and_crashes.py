@@ -40,7 +40,7 @@ def test_two_runs_of_one_version_at_once_make_one_twin(tmp_path: Path, monkeypat
 
     home = tmp_path / "home"
     store = f"sqlite:///{home / 'mlflow.db'}"
-    saved = mlflow.get_tracking_uri()
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # train_and_register points both at the store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("ONNX_STAGE_HOME", str(home))
     try:
@@ -67,7 +67,8 @@ def test_two_runs_of_one_version_at_once_make_one_twin(tmp_path: Path, monkeypat
         assert again.returncode == 0 and "(already registered, nothing new created)" in again.stdout, again.stdout
         assert [v.version for v in complete_twins("digits-race-onnx")] == [twin.version]
     finally:
-        mlflow.set_tracking_uri(saved)
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
 
 
 @pytest.fixture(scope="module")
