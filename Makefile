@@ -23,7 +23,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/python -m flows.train_demo
+	$(VENV)/bin/python -m onnx_stage.flows.train_demo
 	$(VENV)/bin/onnx-stage convert --model digits-mlp --alias champion
 	@$(MAKE) --no-print-directory ui-commands
 

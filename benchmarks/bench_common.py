@@ -1,6 +1,6 @@
 """Shared pieces of the ratio benchmarks (onnx_vs_keras.py, int8_speedup.py, gflops.py); not a script itself.
 
-Models come from onnx_stage/zoo.py (its layer-family models and `application(...)` builders, random weights:
+Models come from model_zoo/zoo.py (its layer-family models and `application(...)` builders, random weights:
 nothing is downloaded). They are built and saved in a child process, then loaded, converted and timed with the
 stage's own code: `load_source` / `convert_source` through the real Keras child (`KerasWorker`), onnxruntime
 sessions from `onnx_stage.sessions`, timing loops from `onnx_stage.timing`.
@@ -32,9 +32,9 @@ from onnx_stage.keras_worker import KerasWorker  # noqa: E402
 from onnx_stage.parity import generated_inputs  # noqa: E402
 from onnx_stage.sessions import SessionOptionsDict, open_session  # noqa: E402
 from onnx_stage.timing import time_calls  # noqa: E402
-from tasks.convert import convert_source  # noqa: E402
-from tasks.load import load_source  # noqa: E402
-from tasks.records import ModelRef, OnnxArtifacts, SourceModel  # noqa: E402
+from onnx_stage.tasks.convert import convert_source  # noqa: E402
+from onnx_stage.tasks.load import load_source  # noqa: E402
+from onnx_stage.records import ModelRef, OnnxArtifacts, SourceModel  # noqa: E402
 
 # keras.applications at a given input size (zoo.application builders); everything else is a zoo name as is
 APPLICATION_SIZES: dict[str, tuple[str, dict]] = {
@@ -47,7 +47,7 @@ APPLICATION_SIZES: dict[str, tuple[str, dict]] = {
 _BUILD = """
 import json, sys
 from pathlib import Path
-from onnx_stage.zoo import ZOO, application
+from model_zoo.zoo import ZOO, application
 out, specs = Path(sys.argv[1]), json.loads(sys.argv[2])
 for name, spec in specs.items():
     model = application(spec[0], **{k: tuple(v) if isinstance(v, list) else v for k, v in spec[1].items()})() \\

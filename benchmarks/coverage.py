@@ -1,4 +1,4 @@
-"""Keras coverage: which zoo models (onnx_stage/zoo.py) convert, pass parity, by which route, how fast, in how much memory.
+"""Keras coverage: which zoo models (model_zoo/zoo.py) convert, pass parity, by which route, how fast, in how much memory.
 
 Run from the repo root:  .venv/bin/python benchmarks/coverage.py [--models a,b] [--ci-only] [--user-models]
                          [--set convert.routes=[...]]
@@ -12,7 +12,7 @@ parity check (default tolerances, batch 1 and 16). One line per model:
 
 then `converted: N/M, parity: N/M`. keras.applications models use random weights: nothing is downloaded.
 
-`--user-models` measures the models users really bring instead (onnx_stage/zoo_user.py: dynamic image sizes,
+`--user-models` measures the models users really bring instead (model_zoo/user_models.py: dynamic image sizes,
 preprocessing layers, stateful RNNs, resize modes), each against its expected outcome: converted with parity, or
 refused before conversion naming the layer. The summary line then also counts `as expected: N/M`.
 """
@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onnx_stage.config import StageConfig, load_config  # noqa: E402
 from onnx_stage.errors import StageError  # noqa: E402
 from onnx_stage.keras_worker import KerasWorker, WorkerError  # noqa: E402
-from onnx_stage.zoo import CUSTOM_LAYERS_MODULE, ZOO  # noqa: E402
-from onnx_stage.zoo_user import USER_MODELS  # noqa: E402
-from tasks.convert import convert_source  # noqa: E402
-from tasks.load import load_source  # noqa: E402
-from tasks.records import ModelRef  # noqa: E402
-from tasks.validate import check_parity  # noqa: E402
+from model_zoo.zoo import CUSTOM_LAYERS_MODULE, ZOO  # noqa: E402
+from model_zoo.user_models import USER_MODELS  # noqa: E402
+from onnx_stage.tasks.convert import convert_source  # noqa: E402
+from onnx_stage.tasks.load import load_source  # noqa: E402
+from onnx_stage.records import ModelRef  # noqa: E402
+from onnx_stage.tasks.validate import check_parity  # noqa: E402
 
 GIB = 1024**3
 
@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated zoo names (default: the whole zoo)")
     parser.add_argument("--ci-only", action="store_true", help="only the models the test suite converts")
     parser.add_argument("--user-models", action="store_true",
-                        help="the models users really bring (onnx_stage/zoo_user.py) instead of the zoo")
+                        help="the models users really bring (model_zoo/user_models.py) instead of the zoo")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="config override")
     args = parser.parse_args()
     catalogue = USER_MODELS if args.user_models else ZOO
@@ -114,7 +114,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="coverage-") as scratch:
         models = Path(scratch) / "models"
-        subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(models), *names], check=True,
+        subprocess.run([sys.executable, "-m", "model_zoo.zoo", str(models), *names], check=True,
                        stdout=subprocess.DEVNULL)
         if args.user_models:
             rows = measure_user_models(names, config, Path(scratch))

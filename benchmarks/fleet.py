@@ -45,7 +45,7 @@ def complete_twins(name: str) -> set[str]:
 
 def log_versions(count: int, first_seed: int) -> list[str]:
     """Run ids of `count` trained digits models (not registered yet)."""
-    from flows.train_demo import train_and_log
+    from onnx_stage.flows.train_demo import train_and_log
     from onnx_stage.tracking import configure_tracking, use_experiment
 
     configure_tracking()

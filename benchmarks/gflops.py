@@ -5,7 +5,7 @@ Run from the repo root:  .venv/bin/python benchmarks/gflops.py [--model ResNet50
 FLOPs are counted from the ONNX graph the stage produces (after shape inference with the batch dimension fixed):
 2 × multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes; everything else (adds, activations,
 pooling) is left out, so the figure slightly understates the work done. The model runs with the session options the
-stage would register (tasks.benchmark.pick_session_options) and, for reference, with default options.
+stage would register (`onnx_stage.tasks.benchmark.pick_session_options) and, for reference, with default options.
 
 Peak fp32 = cores × clock × FMA pipes per core × fp32 lanes per FMA × 2 (an FMA is 2 FLOPs). Cores and ISA flags are
 read from /proc/cpuinfo and lscpu; the microarchitecture (and so the FMA pipe count) is inferred from vendor, family
@@ -29,7 +29,7 @@ from onnx import shape_inference
 
 from onnx_stage.config import BenchmarkConfig
 from onnx_stage.keras_worker import KerasWorker
-from tasks.benchmark import pick_session_options
+from onnx_stage.tasks.benchmark import pick_session_options
 
 BATCHES = [1, 8]
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -120,7 +120,7 @@ def blas_gflops(size: int = 1536, seconds: float = 3.0) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ResNet50_224", help="model name (bench_common / onnx_stage.zoo)")
+    parser.add_argument("--model", default="ResNet50_224", help="model name (bench_common / model_zoo.zoo)")
     parser.add_argument("--seconds", type=float, default=6.0, help="timing seconds per session and batch size")
     args = parser.parse_args()
     print(machine_line(), flush=True)

@@ -4,7 +4,7 @@ Run from the repo root:  .venv/bin/python benchmarks/int8_speedup.py [--models a
 
 Per model:
 - fp32: the stage's converted model (default routes).
-- int8_dynamic and int8_static: the stage's variants, built and gated by `tasks.validate.gate_variants` exactly as a
+- int8_dynamic and int8_static: the stage's variants, built and gated by `onnx_stage.tasks.validate.gate_variants` exactly as a
   flow run does (onnx_stage/variants.py; int8_static is onnx_stage/quantize.py: quant_pre_process, quantize_static
   in QDQ format, per-channel 7-bit int8 weights, uint8 activations, Softmax left in float).
 Gate: the stage's variant gate, atol 0.05 + rtol 0.1, argmax agreement >= 0.9, cosine >= the kind's default (0.99),
@@ -24,7 +24,7 @@ Models (default: the three trained convnets, then ResNet50_128 as the full-size 
   int8_static calibrates on their first `calibration_rows` (32), the gate compares on all 256 plus a generated batch.
   Trained once in a Keras child (~3 min) and cached in ~/.cache/onnx-stage/int8_speedup/<hash of the recipe and the
   library versions>; delete it to retrain.
-- Any onnx_stage.zoo or bench_common.APPLICATION_SIZES name (ResNet50_128, MobileNetV2_224, ...): random weights,
+- Any model_zoo.zoo or bench_common.APPLICATION_SIZES name (ResNet50_128, MobileNetV2_224, ...): random weights,
   as in the other benchmarks. A speed reference at a realistic size; its gate is refused as vacuous.
 
 Why not keras.applications models made input-dependent (measured on this 2-vCPU VM):
@@ -59,8 +59,8 @@ from bench_common import (build_models, cpu_flags, geomean, load_and_convert, ma
 
 from onnx_stage.config import StageConfig, ValidateConfig, VariantConfig
 from onnx_stage.keras_worker import KerasWorker
-from tasks.records import VariantOutcome
-from tasks.validate import gate_variants
+from onnx_stage.records import VariantOutcome
+from onnx_stage.tasks.validate import gate_variants
 
 # trained on digits (TRAIN below): architecture, input size, epochs
 TRAINED = {

@@ -2,9 +2,9 @@
 
 Run from the repo root:  .venv/bin/python benchmarks/onnx_vs_keras.py [--models a,b] [--seconds 2.5]
 
-Per architecture (onnx_stage/zoo.py models and keras.applications with random weights):
+Per architecture (model_zoo/zoo.py models and keras.applications with random weights):
 - "registered" is what the stage registers: the model from the stage's default converter routes, run with the
-  session options the stage picks (tasks.benchmark.pick_session_options screens them; keep_tuning_only_if_faster
+  session options the stage picks (`onnx_stage.tasks.benchmark.pick_session_options screens them; keep_tuning_only_if_faster
   keeps them only if this run's full measurement confirms them — the same two functions measure_latency uses).
 - "keras" is compiled Keras (`predict_on_batch`) in the stage's Keras child process.
 - "default" is the stage's ONNX model with default onnxruntime session options; "tuned" the picked options.
@@ -23,9 +23,9 @@ from bench_common import (geomean, keras_timer, load_and_convert, machine_line, 
 from onnx_stage.config import BenchmarkConfig, ConvertConfig
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.timing import latency_stats
-from tasks.benchmark import keep_tuning_only_if_faster, pick_session_options
-from tasks.convert import convert_source
-from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel
+from onnx_stage.tasks.benchmark import keep_tuning_only_if_faster, pick_session_options
+from onnx_stage.tasks.convert import convert_source
+from onnx_stage.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel
 
 MODELS = ["dense", "conv1d", "conv2d", "recurrent", "rnn_bidirectional_gru", "attention", "transformer_block",
           "MobileNetV3Small_96", "EfficientNetB0_64", "MobileNetV2_224"]  # ResNet50: benchmarks/gflops.py

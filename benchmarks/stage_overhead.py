@@ -12,13 +12,13 @@ code is non-zero only when something fails to run.
 
 Method
 - Setup, not timed: a real `mlflow server` (sqlite) and a real `prefect server` on 127.0.0.1 with their state
-  in a temp dir (onnx_stage.servers). A child process trains/builds the models, saves each as .h5
+  in a temp dir (deployments.servers). A child process trains/builds the models, saves each as .h5
   (model.save("x.h5")), logs it as a run artifact under `model/` and registers that folder under a fresh
   name per flow run (`so-<model>-<stamp>-<n>`), so no run can take the idempotent "already registered"
   shortcut. mlflow.register_model("runs:/<run>/model") is tried first; MLflow 3.17 refuses it for a folder
   without an MLmodel file, so the fallback is MlflowClient.create_model_version(source=<run artifact
   URI>/model, run_id=<run>): the version holds exactly the .h5 either way.
-- Flow sample: a fresh `python` child per sample imports flows.convert_flow (not timed: a production worker is
+- Flow sample: a fresh `python` child per sample imports onnx_stage.flows.convert_flow (not timed: a production worker is
   already up), then calls convert_model(model_name=..., version="1", config=<default.yaml with
   benchmark.enabled=false>). The flow wall time is the flow run's end_time - start_time as recorded by the
   Prefect server (read back with get_client().read_flow_run); it includes everything the flow body does,
@@ -84,7 +84,7 @@ def child_prepare(out_dir: Path, stamp: str, names_per_model: dict[str, int], ep
     import keras
     import mlflow
 
-    from flows.train_demo import train_digits_mlp
+    from onnx_stage.flows.train_demo import train_digits_mlp
 
     builders = {
         "mlp": lambda: train_digits_mlp(epochs, 0)[0],
@@ -139,7 +139,7 @@ def register_h5(name: str, run, how: str | None) -> tuple[str, str]:
 def child_flow(model_name: str, result_file: Path) -> None:
     """One flow run in this (fresh) process; imports are not timed, the convert_model(...) call is."""
     started_imports = time.perf_counter()
-    from flows.convert_flow import convert_model
+    from onnx_stage.flows.convert_flow import convert_model
     from onnx_stage.config import load_config
 
     config = load_config(None, ["benchmark.enabled=false"])
@@ -192,14 +192,14 @@ def install_probes() -> list:
     wrap(worker, "KerasWorker.__init__", "keras child: Popen (spawn)")
     wrap(worker, "KerasWorker.call", lambda a, k: f"keras child: {a[1] if len(a) > 1 else k.get('operation')}")
     wrap(worker, "KerasWorker.close", "keras child: kill")
-    wrap("tasks.load", "resolve_version", "mlflow: resolve version")
-    wrap("tasks.load", "fetch_artifacts", "mlflow: download artifacts")
-    wrap("tasks.load", "sha256_of", "sha256 of the model file")
-    wrap("tasks.load", "save_input_example", "input example")
-    wrap("tasks.convert", "write_renderings", "parent: JSON + text renderings")
+    wrap("onnx_stage.tasks.load", "resolve_version", "mlflow: resolve version")
+    wrap("onnx_stage.tasks.load", "fetch_artifacts", "mlflow: download artifacts")
+    wrap("onnx_stage.tasks.load", "sha256_of", "sha256 of the model file")
+    wrap("onnx_stage.tasks.load", "save_input_example", "input example")
+    wrap("onnx_stage.tasks.convert", "write_renderings", "parent: JSON + text renderings")
     wrap("onnx", "load", "parent: onnx.load")
     wrap("onnx.checker", "check_model", "parent: onnx.checker")
-    wrap("tasks.register", "infer_signature", "mlflow: infer_signature")
+    wrap("onnx_stage.tasks.register", "infer_signature", "mlflow: infer_signature")
     wrap("mlflow", "start_run", "mlflow: start_run")
     wrap("mlflow.onnx", "save_model", "mlflow: onnx save_model")
     wrap("mlflow", "log_artifacts", "mlflow: upload model artifacts")
@@ -209,7 +209,7 @@ def install_probes() -> list:
     wrap("mlflow.utils.requirements_utils", "warn_dependency_requirement_mismatches",
          "mlflow: requirement mismatch check")
     wrap("mlflow", "register_model", "mlflow: register_model (twin)")
-    wrap("flows.convert_flow", "create_markdown_artifact", "prefect: markdown artifact")
+    wrap("onnx_stage.flows.convert_flow", "create_markdown_artifact", "prefect: markdown artifact")
     return events
 
 
@@ -294,7 +294,7 @@ def servers(work: Path) -> Iterator[tuple[str, Future]]:
     """Setup, not timed: `mlflow server` up, `prefect server` starting in a thread meanwhile (the models are
     built and registered while it starts; they only need MLflow). Yields the tracking URI and a future of the
     Prefect API URL; stops both on exit."""
-    from onnx_stage.servers import mlflow_server, prefect_server
+    from deployments.servers import mlflow_server, prefect_server
 
     prefect_cm = prefect_server(work / "prefect")
     with ThreadPoolExecutor(1) as pool, mlflow_server(work / "mlflow") as tracking_uri:

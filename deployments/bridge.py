@@ -50,7 +50,7 @@ from onnx_stage.events import (
     model_version_created_payload,
     model_version_resource,
 )
-from tasks.register import TWIN_OF
+from onnx_stage.tasks.register import TWIN_OF
 
 logger = logging.getLogger("onnx_stage.bridge")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from onnx_stage.servers import (
+from deployments.servers import (
     BIN, MLFLOW_SERVER_ENV, launch, mlflow_server_command, prefect_server_command, prefect_server_env, stop_group,
     wait_until_healthy,
 )

@@ -15,12 +15,12 @@ from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.lease import conversion_lease
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
-from tasks.benchmark import benchmark, gate_variant_speed
-from tasks.convert import convert
-from tasks.load import load
-from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import conversion_key, find_twin, package, publish, register, warm_up_packaging
-from tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
+from onnx_stage.tasks.benchmark import benchmark, gate_variant_speed
+from onnx_stage.tasks.convert import convert
+from onnx_stage.tasks.load import load
+from onnx_stage.records import ModelRef, RegisteredTwin
+from onnx_stage.tasks.register import conversion_key, find_twin, package, publish, register, warm_up_packaging
+from onnx_stage.tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
                             source_pyfunc_answers, validate, validate_variants, validation_cases)
 
 

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from onnx_stage.config import StageConfig, load_config
 from onnx_stage.tracking import configure_tracking
-from tasks.sweep import find_unconverted, report_outcomes, start_conversion, wait_for_conversions
+from onnx_stage.tasks.sweep import find_unconverted, report_outcomes, start_conversion, wait_for_conversions
 
 
 @flow(name="sweep-unconverted-versions", log_prints=True)

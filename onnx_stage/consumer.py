@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from onnx_stage.parity import close_enough
-from tasks.records import FULL_PRECISION, RegisteredTwin, SourceModel
+from onnx_stage.records import FULL_PRECISION, RegisteredTwin, SourceModel
 
 Answer = tuple[str, Any]  # ("ok", the answer) or ("error", its one-line message)
 

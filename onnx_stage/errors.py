@@ -1,3 +1,4 @@
+"""The one exception type the user sees (StageError: one line naming the cause and the fix) and the disk-full test."""
 from __future__ import annotations
 
 import errno

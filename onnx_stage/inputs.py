@@ -10,7 +10,7 @@ from onnx_stage.config import ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.parity import generated_inputs, has_dynamic_inner_dimension
-from tasks.records import SourceModel, TensorSpec
+from onnx_stage.records import SourceModel, TensorSpec
 
 # Image sizes tried, smallest first, for a dynamic height/width when the input example gives none: 32 is the
 # smallest keras.applications accept (imagenet_utils.obtain_input_shape's min_size), the rest are their default

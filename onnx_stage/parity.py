@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.records import OutputParity, TensorSpec
+from onnx_stage.records import OutputParity, TensorSpec
 
 
 def compare_output(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputParity:

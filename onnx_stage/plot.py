@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from tasks.records import BenchReport  # noqa: E402
+from onnx_stage.records import BenchReport  # noqa: E402
 
 
 def latency_plot(bench: BenchReport, path: Path, title: str) -> Path:

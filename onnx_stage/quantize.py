@@ -21,7 +21,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnx_stage.config import ValidateConfig
 from onnx_stage.inputs import read_sample_data, validation_inputs
 from onnx_stage.keras_worker import KerasWorker
-from tasks.records import SourceModel
+from onnx_stage.records import SourceModel
 
 
 class _OneBatchCalibration(CalibrationDataReader):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from onnx_stage.consumer import consumer_uris
-from tasks.records import (ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
+from onnx_stage.records import (ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
                            VariantOutcome)
 
 

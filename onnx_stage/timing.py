@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from tasks.records import LatencyStats
+from onnx_stage.records import LatencyStats
 
 
 def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_seconds: float) -> list[float]:

@@ -23,7 +23,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from onnx_stage.config import VariantConfig, VariantKind
 from onnx_stage.parity import compare_output, cosine_at_least, output_passes
 from onnx_stage.quantize import quantize_static_qdq
-from tasks.records import BenchReport, OutputParity, ParityReport
+from onnx_stage.records import BenchReport, OutputParity, ParityReport
 
 CALIBRATED_KINDS: set[VariantKind] = {"int8_static"}
 

@@ -14,7 +14,7 @@ from onnx_stage.parity import generated_inputs
 from onnx_stage.sessions import SessionOptionsDict, open_session, tuning_candidates
 from onnx_stage.timing import latency_stats, time_interleaved
 from onnx_stage.variants import speed_refusal, variant_runtime
-from tasks.records import ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
+from onnx_stage.records import ORT_DEFAULT, ORT_TUNED, BenchReport, OnnxArtifacts, SourceModel, VariantOutcome
 
 
 def measure_latency(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker,

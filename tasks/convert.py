@@ -15,7 +15,7 @@ from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.routes import crash_marker
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sources import SOURCE_KINDS
-from tasks.records import OnnxArtifacts, SourceModel
+from onnx_stage.records import OnnxArtifacts, SourceModel
 
 
 def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path) -> OnnxArtifacts:

@@ -23,7 +23,7 @@ from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.sources import detect_source
 from onnx_stage.sources.kind import read_flavors
 from onnx_stage.sources.file_checks import check_model_file
-from tasks.records import ModelRef, SourceModel, TensorSpec
+from onnx_stage.records import ModelRef, SourceModel, TensorSpec
 
 
 def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,

@@ -31,7 +31,7 @@ from onnx_stage.errors import StageError
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import name_clause, use_experiment
-from tasks.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
+from onnx_stage.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
                            ValidationInputs)
 
 TAG = "onnx_stage."

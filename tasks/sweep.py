@@ -19,8 +19,8 @@ from prefect.states import State
 
 from onnx_stage.config import StageConfig, SweepConfig
 from onnx_stage.errors import StageError
-from tasks.records import ModelRef
-from tasks.register import TAG, TWIN_OF
+from onnx_stage.records import ModelRef
+from onnx_stage.tasks.register import TAG, TWIN_OF
 
 CONVERT_DEPLOYMENT = "convert-keras-to-onnx/convert"  # its concurrency limit is sweep.max_concurrency (deploy.py)
 

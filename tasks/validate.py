@@ -17,13 +17,13 @@ from onnx_stage.consumer import Answer, answer_differences, answer_table, answer
 from onnx_stage.errors import StageError
 from onnx_stage.inputs import validation_inputs
 from onnx_stage.keras_worker import KerasWorker
-from onnx_stage.localise import KerasLayerOutput, locate_divergence, onnx_intermediate_values
+from onnx_stage.divergence import KerasLayerOutput, locate_divergence, onnx_intermediate_values
 from onnx_stage.parity import close_enough, compare_output, output_passes
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.quantize import calibration_inputs
 from onnx_stage.variants import CALIBRATED_KINDS, build_variant, cosine_refusal, vacuous_refusal
-from tasks.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
+from onnx_stage.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
                            SourceOutputs, ValidationInputs, VariantOutcome)
 
 

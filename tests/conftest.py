@@ -14,7 +14,7 @@ import onnx_stage  # noqa: E402,F401  (turns MLflow telemetry off before anythin
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from onnx_stage.servers import mlflow_server
+    from deployments.servers import mlflow_server
 
     state = tmp_path_factory.mktemp("mlflow-server")
     os.environ["ONNX_STAGE_HOME"] = str(state / "stage-home")
@@ -44,7 +44,7 @@ def stage(mlflow_uri: str, prefect: None) -> str:
 @pytest.fixture(scope="session")
 def digits_model(stage: str) -> str:
     """digits-mlp trained on scikit-learn's bundled digits and registered as digits-mlp@champion (version 1)."""
-    from flows.train_demo import train_and_register
+    from onnx_stage.flows.train_demo import train_and_register
 
     return train_and_register.fn(name="digits-mlp", alias="champion", epochs=5, seed=0)
 

@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 
 from deployments.stack import Stack
-from onnx_stage.servers import free_port
+from deployments.servers import free_port
 
 
 @pytest.fixture(scope="package")

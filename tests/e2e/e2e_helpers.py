@@ -13,7 +13,7 @@ TWIN_WAIT_SECONDS = 600  # generous: a loaded 2-core machine converts slowly; th
 
 def train_version(seed: int) -> str:
     """A new Keras version of MODEL (different weights each seed), aliased champion."""
-    from flows.train_demo import train_and_register
+    from onnx_stage.flows.train_demo import train_and_register
 
     return train_and_register.fn(name=MODEL, alias="champion", epochs=1, seed=seed)
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 from uuid import UUID
 
-from tasks.register import COMPLETE
+from onnx_stage.tasks.register import COMPLETE
 
 WAIT_SECONDS = 600  # generous: a loaded 2-core machine converts slowly; the tests print the real waits
 # Conversions in these tests skip the benchmark; a killed run's lease frees its model after 60 s (the server's
@@ -30,7 +30,7 @@ def as_user(username: str, password: str) -> Iterator[None]:
 
 def train_as(model: str, seed: int) -> str:
     """A new Keras version of `model`, registered by whoever is signed in."""
-    from flows.train_demo import train_and_register
+    from onnx_stage.flows.train_demo import train_and_register
 
     return train_and_register.fn(name=model, alias="champion", epochs=1, seed=seed)
 

@@ -23,7 +23,7 @@ from e2e_helpers import bridge_down
 from production_helpers import (
     FAST_OVERRIDES, as_user, final_runs_of, running_run_of, train_as, twins_of, wait_for_complete_twin,
 )
-from tasks.register import COMPLETE
+from onnx_stage.tasks.register import COMPLETE
 
 MODEL = "digits-prod"
 SCIENTIST = ("dana", "dana-" + os.urandom(6).hex())

@@ -12,7 +12,7 @@ from deployments.deploy import triggers_per_deployment
 from deployments.stack import Stack
 from e2e_helpers import MODEL, bridge_down, service_log, train_version, twin_of, wait_for_twin
 from onnx_stage.config import ConverterRoute, load_config
-from tasks.register import TWIN_OF
+from onnx_stage.tasks.register import TWIN_OF
 
 
 def runs_of(deployment_name: str) -> list:

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from flows.convert_flow import convert_model
+from onnx_stage.flows.convert_flow import convert_model
 from onnx_stage.config import load_config
 from onnx_stage.consumer import answer_differences, answer_table, answers, request_forms
-from onnx_stage.servers import BIN, free_port, launch, stop_group, wait_until_healthy
+from deployments.servers import BIN, free_port, launch, stop_group, wait_until_healthy
 
 FAST = ["benchmark.enabled=false", "registry.name_template={name}-compat-onnx"]  # twins of its own
 KERAS_REQUIREMENTS = ["keras", "tensorflow-cpu"]  # explicit: MLflow would infer them for seconds

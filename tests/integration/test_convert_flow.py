@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.convert_flow import convert_model
-from onnx_stage.cli import main as cli_main
+from onnx_stage.flows.convert_flow import convert_model
+from onnx_stage.flows.cli import main as cli_main
 from onnx_stage.config import load_config
 from onnx_stage.errors import StageError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from flows.convert_flow import convert_model
+from onnx_stage.flows.convert_flow import convert_model
 from onnx_stage.config import load_config
 
 BUILD = '''

@@ -10,10 +10,10 @@ from onnx import numpy_helper
 from onnx_stage.config import ConvertConfig, ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker
-from tasks.convert import convert_source
-from tasks.load import load_source
-from tasks.records import ModelRef
-from tasks.validate import check_parity
+from onnx_stage.tasks.convert import convert_source
+from onnx_stage.tasks.load import load_source
+from onnx_stage.records import ModelRef
+from onnx_stage.tasks.validate import check_parity
 
 BUILD_MODELS = '''
 import keras, sys

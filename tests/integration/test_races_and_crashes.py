@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from onnx_stage.servers import BIN, prefect_server
+from deployments.servers import BIN, prefect_server
 
 CLI = [str(BIN / "onnx-stage"), "convert"]
 QUICK = ["--set", "benchmark.enabled=false", "--set", "registry.lease_seconds=60"]  # Prefect's shortest lease
@@ -36,7 +36,7 @@ def complete_twins(name: str) -> list:
 
 def test_two_runs_of_one_version_at_once_make_one_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From two terminals on the embedded defaults (sqlite MLflow, Prefect's ephemeral server each)."""
-    from flows.train_demo import train_and_register
+    from onnx_stage.flows.train_demo import train_and_register
 
     home = tmp_path / "home"
     store = f"sqlite:///{home / 'mlflow.db'}"

@@ -10,12 +10,12 @@ from prefect.transactions import transaction
 
 from onnx_stage.config import load_config
 from onnx_stage.keras_worker import KerasWorker
-from tasks.benchmark import benchmark
-from tasks.convert import convert
-from tasks.load import load
-from tasks.records import ModelRef, RegisteredTwin
-from tasks.register import package, register
-from tasks.validate import source_outputs, validate, validation_cases
+from onnx_stage.tasks.benchmark import benchmark
+from onnx_stage.tasks.convert import convert
+from onnx_stage.tasks.load import load
+from onnx_stage.records import ModelRef, RegisteredTwin
+from onnx_stage.tasks.register import package, register
+from onnx_stage.tasks.validate import source_outputs, validate, validation_cases
 
 
 class ConsumerCheckFailed(RuntimeError):

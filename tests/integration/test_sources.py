@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.convert_flow import convert_model
+from onnx_stage.flows.convert_flow import convert_model
 from onnx_stage.config import load_config
 from onnx_stage.errors import StageError
 

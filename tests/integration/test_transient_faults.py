@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from onnx_stage.servers import free_port, launch, mlflow_server_command, stop_group, wait_until_healthy
+from deployments.servers import free_port, launch, mlflow_server_command, stop_group, wait_until_healthy
 from cli_helpers import ONNX_STAGE, cli_env, registry_snapshot
 
 BUILD = '''

@@ -1,4 +1,4 @@
-"""Models users really bring (issue 13; onnx_stage/zoo_user.py): each converts and passes parity, or is refused before
+"""Models users really bring (issue 13; model_zoo/user_models.py): each converts and passes parity, or is refused before
 conversion with one line naming the Keras layer, why, and what to do. Through the real load → convert → validate
 code and one Keras child process, without MLflow or Prefect."""
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 from onnx_stage.config import ConvertConfig, ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker, WorkerError
-from onnx_stage.zoo import save_models_in_child
-from onnx_stage.zoo_user import USER_MODELS
-from tasks.convert import convert_source
-from tasks.load import load_source
-from tasks.records import ModelRef
-from tasks.validate import check_parity
+from model_zoo.zoo import save_models_in_child
+from model_zoo.user_models import USER_MODELS
+from onnx_stage.tasks.convert import convert_source
+from onnx_stage.tasks.load import load_source
+from onnx_stage.records import ModelRef
+from onnx_stage.tasks.validate import check_parity
 
 CI_MODELS = [name for name, model in USER_MODELS.items() if model.in_ci]
 CONVERTS = [name for name in CI_MODELS if USER_MODELS[name].expected == "converts"]

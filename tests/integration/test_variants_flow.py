@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.convert_flow import convert_model
+from onnx_stage.flows.convert_flow import convert_model
 from onnx_stage.config import load_config
 
 FAST = ["benchmark.timed_runs=10", "benchmark.warmup_runs=2", "benchmark.min_seconds=0",

@@ -9,11 +9,11 @@ import pytest
 from onnx_stage.config import ConvertConfig, ValidateConfig
 from onnx_stage.errors import StageError
 from onnx_stage.keras_worker import KerasWorker
-from onnx_stage.zoo import CUSTOM_LAYERS_MODULE, ZOO, save_models_in_child
-from tasks.convert import convert_source
-from tasks.load import load_source
-from tasks.records import ModelRef
-from tasks.validate import check_parity
+from model_zoo.zoo import CUSTOM_LAYERS_MODULE, ZOO, save_models_in_child
+from onnx_stage.tasks.convert import convert_source
+from onnx_stage.tasks.load import load_source
+from onnx_stage.records import ModelRef
+from onnx_stage.tasks.validate import check_parity
 
 CI_MODELS = [name for name, model in ZOO.items() if model.in_ci]
 
@@ -39,6 +39,6 @@ def test_zoo_model_converts_with_parity(name: str, zoo_dir: Path, worker: KerasW
 def test_an_unregistered_custom_layer_is_named_with_the_fix(zoo_dir: Path, worker: KerasWorker,
                                                             tmp_path: Path) -> None:
     with KerasWorker(timeout_seconds=300) as fresh:  # the shared child may have imported the layer's module
-        with pytest.raises(StageError, match=r"class 'ScaledSwish' \(defined in module 'onnx_stage.zoo_custom'\) "
+        with pytest.raises(StageError, match=r"class 'ScaledSwish' \(defined in module 'model_zoo.custom_layers'\) "
                                               r"is not registered.*list its module in convert.custom_object_modules"):
             load_source(ModelRef(name="custom", path=str(zoo_dir / "custom_layer.keras")), fresh, tmp_path)

@@ -7,8 +7,8 @@ from mlflow.models import Model
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage.onnx_files import data_file_of, save_onnx
-from tasks.records import ModelRef, OnnxArtifacts, SourceModel, TensorSpec, ValidationInputs
-from tasks.register import onnx_signature, package_model
+from onnx_stage.records import ModelRef, OnnxArtifacts, SourceModel, TensorSpec, ValidationInputs
+from onnx_stage.tasks.register import onnx_signature, package_model
 
 
 def test_signature_follows_the_graph_with_dynamic_dimensions_as_minus_one() -> None:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from onnx_stage.parity import compare_output, generated_inputs, output_passes
-from tasks.records import TensorSpec
+from onnx_stage.records import TensorSpec
 
 
 def test_identical_outputs_pass() -> None:
@@ -64,8 +64,8 @@ def test_summary_statistics() -> None:
 
 def test_tuned_options_are_dropped_when_the_full_measurement_does_not_confirm_them() -> None:
     from onnx_stage.timing import latency_stats
-    from tasks.benchmark import keep_tuning_only_if_faster
-    from tasks.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport
+    from onnx_stage.tasks.benchmark import keep_tuning_only_if_faster
+    from onnx_stage.records import KERAS, ORT_DEFAULT, ORT_TUNED, BenchReport
 
     def report(tuned_ms: float) -> BenchReport:
         rows = [latency_stats(name, 1, [ms / 1e3] * 5) for name, ms in ((KERAS, 5.0), (ORT_DEFAULT, 1.0),
@@ -113,7 +113,7 @@ def test_close_enough_is_the_same_rule_as_compare_output() -> None:
 def test_a_variant_gate_refuses_a_nan_cosine() -> None:
     from onnx_stage.config import VariantConfig
     from onnx_stage.variants import cosine_refusal, passes_gate
-    from tasks.records import ParityCase, ParityReport
+    from onnx_stage.records import ParityCase, ParityReport
 
     expected = np.array([[0.1, 0.9], [0.8, 0.2]], dtype="float32")
     actual = expected.copy()

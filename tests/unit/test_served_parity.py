@@ -6,8 +6,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage.config import ValidateConfig
-from tasks.records import BenchReport, OnnxArtifacts, ParityReport, SourceOutputs, ValidationInputs
-from tasks.validate import check_served_parity
+from onnx_stage.records import BenchReport, OnnxArtifacts, ParityReport, SourceOutputs, ValidationInputs
+from onnx_stage.tasks.validate import check_served_parity
 
 TUNED = {"graph_optimization_level": 99, "intra_op_num_threads": 1, "execution_mode": "sequential"}
 

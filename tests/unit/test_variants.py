@@ -13,8 +13,8 @@ from onnx_stage.config import VariantConfig
 from onnx_stage.parity import compare_output
 from onnx_stage.variants import (build_variant, cosine_refusal, speed_refusal, vacuous_outputs, vacuous_refusal,
                                  variant_runtime)
-from tasks.benchmark import refuse_slower_variants
-from tasks.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, LatencyStats, OnnxArtifacts, ParityCase,
+from onnx_stage.tasks.benchmark import refuse_slower_variants
+from onnx_stage.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, LatencyStats, OnnxArtifacts, ParityCase,
                            ParityReport, SourceOutputs, VariantOutcome)
 
 INT8 = VariantConfig(kind="int8_static", atol=0.05, rtol=0.1, min_argmax_agreement=0.9)

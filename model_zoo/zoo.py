@@ -2,7 +2,7 @@
 
 Shared by tests/integration/test_zoo.py and benchmarks/coverage.py. Importing this module does not import
 Keras (the flow process must stay free of TensorFlow): builders import it when called, and
-`python -m onnx_stage.zoo OUT_DIR NAME...` builds and saves models as OUT_DIR/NAME.keras in a child.
+`python -m model_zoo.zoo OUT_DIR NAME...` builds and saves models as OUT_DIR/NAME.keras in a child.
 Application models always use random weights (`weights=None`): nothing is downloaded.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-CUSTOM_LAYERS_MODULE = "onnx_stage.zoo_custom"
+CUSTOM_LAYERS_MODULE = "model_zoo.custom_layers"
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def activations() -> Any:
 
 
 def subclassed() -> Any:
-    from onnx_stage.zoo_custom import TinyResidualClassifier
+    from model_zoo.custom_layers import TinyResidualClassifier
 
     _keras()
     import numpy as np
@@ -229,7 +229,7 @@ def subclassed() -> Any:
 
 
 def custom_layer() -> Any:
-    from onnx_stage.zoo_custom import ScaledSwish
+    from model_zoo.custom_layers import ScaledSwish
 
     keras = _keras()
     inputs = keras.Input((8,), name="features")
@@ -303,7 +303,7 @@ ZOO: dict[str, ZooModel] = {model.name: model for model in [*LAYER_FAMILIES, *AP
 def save_models(out_dir: Path, names: list[str]) -> None:
     """Build and save each named model (of ZOO or zoo_user.USER_MODELS) as out_dir/NAME.keras (runs where Keras
     may be imported)."""
-    from onnx_stage.zoo_user import USER_MODELS
+    from model_zoo.user_models import USER_MODELS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -311,10 +311,10 @@ def save_models(out_dir: Path, names: list[str]) -> None:
 
 
 def save_models_in_child(out_dir: Path, names: list[str]) -> None:
-    """save_models in a child process (`python -m onnx_stage.zoo`), so the caller never imports Keras."""
+    """save_models in a child process (`python -m model_zoo.zoo`), so the caller never imports Keras."""
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "onnx_stage.zoo", str(out_dir), *names], check=True,
+    subprocess.run([sys.executable, "-m", "model_zoo.zoo", str(out_dir), *names], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

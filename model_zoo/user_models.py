@@ -2,15 +2,15 @@
 
 Each model states the outcome the stage must reach: `converts` (and passes parity), or `refused: <Layer>` (the
 stage refuses before converting, naming the layer). Shared by tests/integration/test_user_models.py and
-benchmarks/coverage.py (`--user-models`). Like onnx_stage/zoo.py, importing it does not import Keras; `python -m
-onnx_stage.zoo OUT_DIR NAME...` builds these too. Random weights, nothing downloaded.
+benchmarks/coverage.py (`--user-models`). Like model_zoo/zoo.py, importing it does not import Keras; `python -m
+model_zoo.zoo OUT_DIR NAME...` builds these too. Random weights, nothing downloaded.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from onnx_stage.zoo import _keras
+from model_zoo.zoo import _keras
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Custom Keras objects of the zoo (onnx_stage.zoo): a registered layer and a subclassed model.
+"""Custom Keras objects of the zoo (model_zoo.zoo): a registered layer and a subclassed model.
 
 A .keras file holding them only loads where this module was imported first: list it in
 convert.custom_object_modules so the Keras child imports it before loading.

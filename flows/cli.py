@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = sys.stderr if debug else _log_to_stdout()
     try:
         config = load_config(args.config, args.overrides)
-        from flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
+        from onnx_stage.flows.convert_flow import convert_model  # imports Prefect and MLflow: after the cheap checks
         from onnx_stage.access import check_write_access
         from onnx_stage.lease import start_ephemeral_prefect
         from onnx_stage.tracking import configure_tracking

@@ -1,6 +1,6 @@
 import numpy as np
 
-from onnx_stage.localise import KerasLayerOutput, locate_divergence
+from onnx_stage.divergence import KerasLayerOutput, locate_divergence
 
 rng = np.random.default_rng(0)
 A, B, C, D = (rng.standard_normal((1, 4, 4, 3)) for _ in range(4))
