@@ -1,4 +1,5 @@
-"""Keras coverage: which zoo models (model_zoo/zoo.py) convert, pass parity, by which route, how fast, in how much memory.
+"""Keras coverage: which zoo models (model_zoo/zoo.py) convert, pass parity, by which route, how fast, in how much
+memory.
 
 Run from the repo root:  .venv/bin/python benchmarks/coverage.py [--models a,b] [--ci-only] [--user-models]
                          [--set convert.routes=[...]]

@@ -4,7 +4,8 @@ Run from the repo root:  .venv/bin/python benchmarks/int8_speedup.py [--models a
 
 Per model:
 - fp32: the stage's converted model (default routes).
-- int8_dynamic and int8_static: the stage's variants, built and gated by `onnx_stage.tasks.validate.gate_variants` exactly as a
+- int8_dynamic and int8_static: the stage's variants, built and gated by
+  `onnx_stage.tasks.validate.gate_variants` exactly as a
   flow run does (onnx_stage/variants.py; int8_static is onnx_stage/quantize.py: quant_pre_process, quantize_static
   in QDQ format, per-channel 7-bit int8 weights, uint8 activations, Softmax left in float).
 Gate: the stage's variant gate, atol 0.05 + rtol 0.1, argmax agreement >= 0.9, cosine >= the kind's default (0.99),

@@ -4,7 +4,8 @@ Run from the repo root:  .venv/bin/python benchmarks/onnx_vs_keras.py [--models 
 
 Per architecture (model_zoo/zoo.py models and keras.applications with random weights):
 - "registered" is what the stage registers: the model from the stage's default converter routes, run with the
-  session options the stage picks (`onnx_stage.tasks.benchmark.pick_session_options screens them; keep_tuning_only_if_faster
+  session options the stage picks (`onnx_stage.tasks.benchmark.pick_session_options` screens them;
+  keep_tuning_only_if_faster
   keeps them only if this run's full measurement confirms them — the same two functions measure_latency uses).
 - "keras" is compiled Keras (`predict_on_batch`) in the stage's Keras child process.
 - "default" is the stage's ONNX model with default onnxruntime session options; "tuned" the picked options.

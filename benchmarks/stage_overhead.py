@@ -18,7 +18,8 @@ Method
   shortcut. mlflow.register_model("runs:/<run>/model") is tried first; MLflow 3.17 refuses it for a folder
   without an MLmodel file, so the fallback is MlflowClient.create_model_version(source=<run artifact
   URI>/model, run_id=<run>): the version holds exactly the .h5 either way.
-- Flow sample: a fresh `python` child per sample imports onnx_stage.flows.convert_flow (not timed: a production worker is
+- Flow sample: a fresh `python` child per sample imports
+  onnx_stage.flows.convert_flow (not timed: a production worker is
   already up), then calls convert_model(model_name=..., version="1", config=<default.yaml with
   benchmark.enabled=false>). The flow wall time is the flow run's end_time - start_time as recorded by the
   Prefect server (read back with get_client().read_flow_run); it includes everything the flow body does,

@@ -21,7 +21,7 @@ from onnx_stage.tasks.load import load
 from onnx_stage.records import ModelRef, RegisteredTwin
 from onnx_stage.tasks.register import conversion_key, find_twin, package, publish, register, warm_up_packaging
 from onnx_stage.tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
-                            source_pyfunc_answers, validate, validate_variants, validation_cases)
+                                       source_pyfunc_answers, validate, validate_variants, validation_cases)
 
 
 @task(name="summarise", cache_policy=NO_CACHE)

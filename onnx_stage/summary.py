@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from onnx_stage.consumer import consumer_uris
 from onnx_stage.records import (ORT_DEFAULT, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
-                           VariantOutcome)
+                                VariantOutcome)
 
 
 def parity_table(parity: ParityReport) -> list[str]:

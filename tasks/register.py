@@ -32,7 +32,7 @@ from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import name_clause, use_experiment
 from onnx_stage.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
-                           ValidationInputs)
+                                ValidationInputs)
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)

@@ -24,7 +24,7 @@ from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.quantize import calibration_inputs
 from onnx_stage.variants import CALIBRATED_KINDS, build_variant, cosine_refusal, vacuous_refusal
 from onnx_stage.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
-                           SourceOutputs, ValidationInputs, VariantOutcome)
+                                SourceOutputs, ValidationInputs, VariantOutcome)
 
 
 class ParityError(StageError):

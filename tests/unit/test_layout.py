@@ -38,7 +38,8 @@ def imported_names(path: Path) -> set[str]:
 def layer_files() -> dict[str, list[Path]]:
     core = [p for p in (ROOT / "onnx_stage").rglob("*.py")
             if p.relative_to(ROOT / "onnx_stage").parts[0] not in {"tasks", "flows"}]
-    return {"core": core, "tasks": sorted((ROOT / "tasks").glob("*.py")), "flows": sorted((ROOT / "flows").glob("*.py"))}
+    return {"core": core, "tasks": sorted((ROOT / "tasks").glob("*.py")),
+            "flows": sorted((ROOT / "flows").glob("*.py"))}
 
 
 def under(name: str, package: str) -> bool:

@@ -15,7 +15,7 @@ from onnx_stage.variants import (build_variant, cosine_refusal, speed_refusal, v
                                  variant_runtime)
 from onnx_stage.tasks.benchmark import refuse_slower_variants
 from onnx_stage.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, LatencyStats, OnnxArtifacts, ParityCase,
-                           ParityReport, SourceOutputs, VariantOutcome)
+                                ParityReport, SourceOutputs, VariantOutcome)
 
 INT8 = VariantConfig(kind="int8_static", atol=0.05, rtol=0.1, min_argmax_agreement=0.9)
 
