@@ -10,7 +10,7 @@ Per architecture (model_zoo/zoo.py models and keras.applications with random wei
 - "keras" is compiled Keras (`predict_on_batch`) in the stage's Keras child process.
 - "default" is the stage's ONNX model with default onnxruntime session options; "tuned" the picked options.
 - "plain tf2onnx" is `tf2onnx.convert.from_function` on the model's traced call with default settings (the
-  stage's `tf2onnx` route, opset 17), run with a default session.
+  stage's `tf2onnx` route, opset 17, without the stage's graph optimisations), run with a default session.
 All contenders of a model and batch size are timed interleaved in rounds; a ratio is a ratio of medians
 (above 1: the second-named contender is faster), with the range of per-round ratios in brackets.
 """
@@ -60,8 +60,8 @@ def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: 
         rows += [latency_stats(runtime, batch, [d for r in durations for d in r])
                  for runtime, durations in rounds[batch].items() if runtime != PLAIN]
     report = keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=tuned))
-    return {"name": name, "route": registered.route, "tuned": tuned, "options": report.session_options,
-            "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs,
+    return {"name": name, "route": registered.route, "optimizations": registered.graph_optimizations, "tuned": tuned,
+            "options": report.session_options, "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs,
             "plain_failure": plain_failure}
 
 
@@ -69,7 +69,7 @@ def plain_tf2onnx(source: SourceModel, worker: KerasWorker, out_dir: Path,
                   inputs: list[np.ndarray]) -> tuple[OnnxArtifacts | None, str | None]:
     """The stage's `tf2onnx` route alone (from_function, default settings), if its model runs on the inputs."""
     try:
-        plain = convert_source(source, worker, ConvertConfig(routes=["tf2onnx"]), out_dir)
+        plain = convert_source(source, worker, ConvertConfig(routes=["tf2onnx"], graph_optimizations=[]), out_dir)
         ort_timer(plain.onnx_path, {}, inputs)(1, 0.0)
         return plain, None
     except Exception as error:  # a plain-converter failure is a finding, not a reason to skip the model
@@ -77,7 +77,8 @@ def plain_tf2onnx(source: SourceModel, worker: KerasWorker, out_dir: Path,
 
 
 def render(result: dict) -> list[str]:
-    lines = [f"{result['name']}  (stage route {result['route']}; screened {result['screening_runs']} runs/candidate; "
+    lines = [f"{result['name']}  (stage route {result['route']}; graph optimisations kept: "
+             f"{', '.join(result['optimizations']) or 'none'}; screened {result['screening_runs']} runs/candidate; "
              f"picked {result['tuned'] or 'default'}; registered with {result['options'] or 'default options'})"]
     for batch, rounds in result["rounds"].items():
         registered = rounds[result["registered"]]

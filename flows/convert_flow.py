@@ -55,7 +55,7 @@ def convert_model(
                 publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
                 return existing
             inputs = validation_cases(source, worker, config.validation, work_dir)
-            converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
+            converting = convert.submit(source, worker, config.convert, work_dir / "onnx", inputs)
             predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
                                                wait_for=[] if predicts_during_conversion(source) else [converting])
             answering = source_pyfunc_answers.submit(source, inputs, worker, wait_for=[converting])

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ConverterRoute = Literal["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"]
+GraphOptimization = Literal["neutral_elementwise", "shape_simplification", "layer_norm_fusion"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"  # configs/, shipped inside
 Count = Annotated[int, Field(ge=1)]  # a batch size or length: 0 or less would compare nothing (parity "nan%")
 
@@ -35,6 +36,14 @@ class ConvertConfig(_Section):
         default_factory=list,
         description="Python modules the Keras child imports before loading: where custom layers are registered.",
     )
+    graph_optimizations: list[GraphOptimization] = Field(
+        default_factory=lambda: ["neutral_elementwise", "shape_simplification", "layer_norm_fusion"],
+        description="Rewrites of the converted graph (onnx_stage/graph_optimize.py), tried in order; each is kept "
+                    "only if the model still computes the same outputs on the validation inputs and is measured "
+                    "faster. [] registers the converter's graph as it is.",
+    )
+    graph_optimization_seconds: float = Field(
+        1.0, gt=0, description="Timing per optimisation step (unoptimised vs optimised model, interleaved).")
 
 
 class Tolerance(_Section):

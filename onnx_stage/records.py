@@ -73,6 +73,10 @@ class OnnxArtifacts(Record):
     opset: int
     conversion_seconds: float
     conversion_peak_rss_bytes: int | None = Field(None, description="Peak RSS of the Keras child while converting.")
+    graph_optimizations: list[str] = Field(default_factory=list,
+                                           description="Optimisation steps kept, with their rewrite counts.")
+    graph_optimizations_refused: dict[str, str] = Field(default_factory=dict,
+                                                        description="Steps not kept, and why.")
 
 
 def _save_cases(path: Path, role: str, arrays_per_case: list[list[np.ndarray]]) -> None:

@@ -1,4 +1,5 @@
-"""convert: source → ONNX in the child process (the kind's routes tried in order), then the JSON and text renderings."""
+"""convert: source → ONNX in the child process (the kind's routes tried in order), the graph optimisations that prove
+themselves on the validation inputs, then the JSON and text renderings."""
 from __future__ import annotations
 
 import signal
@@ -9,16 +10,21 @@ import onnx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from onnx_stage.config import ConvertConfig
+from onnx_stage.config import ConvertConfig, ValidateConfig
 from onnx_stage.errors import StageError
+from onnx_stage.graph_optimize import optimize_graph
+from onnx_stage.inputs import validation_inputs
 from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.routes import crash_marker
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sources import SOURCE_KINDS
-from onnx_stage.records import OnnxArtifacts, SourceModel
+from onnx_stage.records import OnnxArtifacts, SourceModel, ValidationInputs
 
 
-def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path) -> OnnxArtifacts:
+def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path,
+                   inputs: ValidationInputs | None = None) -> OnnxArtifacts:
+    """The converted model (out_dir/model.onnx), optimised by `config.graph_optimizations` where each step keeps the
+    outputs on the validation cases (`inputs`; without them, generated as validation's defaults generate them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     try:
@@ -40,6 +46,11 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         conversion_seconds=outcome["seconds"],
         conversion_peak_rss_bytes=outcome["peak_rss_bytes"],
     )
+    if config.graph_optimizations:
+        cases = inputs.cases() if inputs else validation_inputs(source, worker, ValidateConfig())
+        kept, refused = optimize_graph(onnx_path, config.graph_optimizations, [arrays for _, arrays in cases],
+                                       config.graph_optimization_seconds)
+        artifacts = artifacts.model_copy(update={"graph_optimizations": kept, "graph_optimizations_refused": refused})
     write_renderings(onnx.load(str(onnx_path), load_external_data=False), artifacts.json_path, artifacts.text_path,
                      config.json_max_tensor_elements)
     return artifacts
@@ -73,5 +84,6 @@ def convert_surviving_crashes(worker: KerasWorker, routes: list[str], opset: int
 
 
 @task(name="convert", cache_policy=NO_CACHE)
-def convert(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path) -> OnnxArtifacts:
-    return convert_source(source, worker, config, out_dir)
+def convert(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path,
+            inputs: ValidationInputs | None = None) -> OnnxArtifacts:
+    return convert_source(source, worker, config, out_dir, inputs)

@@ -273,6 +273,7 @@ def _version_tags(source: SourceModel, onnx_model: OnnxArtifacts, parity: Parity
         TAG + "converter_route": onnx_model.route,
         TAG + "converter_versions": json.dumps({**onnx_model.route_versions, **source.library_versions}),
         TAG + "opset": str(onnx_model.opset),
+        TAG + "graph_optimizations": ",".join(onnx_model.graph_optimizations) or "none",
         TAG + "parity_max_abs": f"{max(o.max_abs for c in parity.cases for o in c.outputs):.3g}",
     }
     for batch_size in sorted({r.batch_size for r in bench.rows}):

@@ -1,0 +1,471 @@
+"""Graph optimisation of the converted model: exact rewrites in standard ONNX ops, each kept only if it proves itself.
+
+The steps (`convert.graph_optimizations`, in order):
+- `neutral_elementwise`: drops `x + 0`, `x - 0`, `x * 1`, `x / 1` with constant zeros/ones that do not broadcast `x`
+  to a bigger shape (the lean route attaches weights after conversion, so a zero bias stays an Add that plain
+  tf2onnx's frozen graph folds away), and Identity nodes (input naming, output naming).
+- `shape_simplification`: a Reshape whose target shape is computed at run time (Shape → Gather → Concat) gets it
+  as a constant where ONNX shape inference knows every dimension but one (that one becomes -1); a Transpose that
+  only moves dimensions of size 1 becomes a Reshape; Reshape → Reshape collapses; a Reshape to the shape its input
+  already has disappears; nodes nothing uses any more are removed.
+- `layer_norm_fusion`: TensorFlow's layer normalisation as tf2onnx writes it (moments: mean, squared difference,
+  variance, Rsqrt as Sqrt + Reciprocal, scale and shift) over the last axis becomes one ONNX LayerNormalization
+  (opset 17 or later: a standard op, with kernels on onnxruntime's CPU and CUDA providers).
+
+Nothing here writes onnxruntime's own fused ops (FusedConv, NCHWc, ...): those exist for one execution provider and
+would break the twin's CUDA-then-CPU provider list. A step is kept only if the model it makes computes the unoptimised
+model's outputs on every validation case (`MAX_ABS`/`MAX_REL`, far inside validation's tolerances) and is measured
+faster in interleaved timing; the result says which steps were kept and why the others were not.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_stage.parity import close_enough
+from onnx_stage.sessions import open_session
+from onnx_stage.timing import time_interleaved
+
+GraphPass = Callable[[onnx.ModelProto], int]  # rewrites the model in place, returns how many rewrites it made
+# ONNX-vs-ONNX: an exact rewrite changes float rounding only (LayerNormalization sums in another order)
+MAX_ABS, MAX_REL = 1e-5, 1e-4
+Dim = int | None  # a known size, or None (symbolic/unknown)
+
+
+class _Graph:
+    """Index of one model's main graph: producers, consumers (subgraphs' outer-scope references included),
+    constants and the shapes ONNX shape inference gives (with data propagation: Shape → Gather → Concat chains)."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: bool = True) -> None:
+        self.model, self.graph = model, model.graph
+        self.constants = {t.name: t for t in self.graph.initializer}
+        self.constants |= {n.output[0]: n.attribute[0].t for n in self.graph.node
+                           if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.outputs = {o.name for o in self.graph.output}
+        self.shapes: dict[str, list[Dim]] = {}
+        if shapes:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+            except Exception:  # noqa: BLE001 -- a model onnx cannot infer is left as it is by shape-based rewrites
+                inferred = self.graph
+            for info in (*inferred.input, *inferred.value_info, *inferred.output):
+                if info.type.tensor_type.HasField("shape"):
+                    self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
+                                              for d in info.type.tensor_type.shape.dim]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(self.constants[name]) if name in self.constants else None
+
+    def made_by(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def add_constant(self, stem: str, array: np.ndarray) -> str:
+        name, index = f"graph_opt/{stem}", 0
+        while f"{name}_{index}" in self.constants or f"{name}_{index}" in self.producer:
+            index += 1
+        tensor = numpy_helper.from_array(array, f"{name}_{index}")
+        self.graph.initializer.append(tensor)
+        self.constants[tensor.name] = tensor
+        return tensor.name
+
+    def bypass(self, node: onnx.NodeProto, replacement: str) -> bool:
+        """Consumers of node's output read `replacement` instead; the node is left for dead-node removal.
+        False (nothing done) when the output is a graph output."""
+        if node.output[0] in self.outputs:
+            return False
+        _rename_uses(self.graph, node.output[0], replacement)
+        return True
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                _rename_uses(sub, old, new)
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    used = {name for node in graph.node for name in node.input}
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                used |= _used_names(sub)
+    return used
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes none of whose outputs is used (by a node, a subgraph or as a graph output), and unused
+    initializers. Returns the number of nodes removed."""
+    graph, removed = model.graph, 0
+    while True:
+        used = _used_names(graph) | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
+    used = _used_names(graph) | {o.name for o in graph.output}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return removed
+
+
+def _broadcasts_into(constant: np.ndarray, shape: list[Dim] | None) -> bool:
+    """Whether `x op constant` has x's shape: the constant's dimensions, aligned right, are 1 or x's (known) size."""
+    if shape is None or constant.ndim > len(shape):
+        return False
+    return all(c == 1 or c == s for c, s in zip(constant.shape[::-1], shape[::-1]))
+
+
+def remove_neutral_elementwise(model: onnx.ModelProto) -> int:
+    """Drop `x + 0`, `0 + x`, `x - 0`, `x * 1`, `1 * x`, `x / 1` (float constants that leave x's shape as it is) and
+    Identity nodes (see _drop for graph outputs). Returns the number of nodes dropped."""
+    index, rewrites = _Graph(model), 0
+    neutral = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
+    for node in list(model.graph.node):
+        if node.op_type == "Identity":
+            rewrites += _drop(index, node, node.input[0])
+            continue
+        if node.op_type not in neutral or len(node.input) != 2:
+            continue
+        value, positions = neutral[node.op_type]
+        for position in positions:
+            constant, other = index.const(node.input[position]), node.input[1 - position]
+            if (constant is not None and constant.dtype.kind == "f" and constant.size and np.all(constant == value)
+                    and _broadcasts_into(constant, index.shapes.get(other)) and _drop(index, node, other)):
+                rewrites += 1
+                break
+    remove_dead_nodes(model)
+    return rewrites
+
+
+def _drop(index: _Graph, node: onnx.NodeProto, kept: str) -> bool:
+    """Remove a node that computes its input `kept` unchanged: its consumers read `kept`; when its output is a
+    graph output, the node producing `kept` writes that name itself (if nothing else reads `kept`)."""
+    if index.bypass(node, kept):
+        return True
+    target, producer = node.output[0], index.producer.get(kept)
+    in_subgraphs = {name for n in index.graph.node for a in n.attribute
+                    for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)) for name in _used_names(g)}
+    if producer is None or kept in index.outputs or kept in in_subgraphs or \
+            sum(list(n.input).count(kept) for n in index.graph.node) != 1:
+        return False
+    producer.output[list(producer.output).index(kept)] = target
+    index.producer[target] = producer
+    index.graph.node.remove(node)
+    return True
+
+
+def _shape_constant(shape: list[Dim] | None) -> np.ndarray | None:
+    """A Reshape target for a tensor of this shape: every size known and positive but at most one (-1)."""
+    if shape is None or sum(d is None for d in shape) > 1 or any(d == 0 for d in shape):
+        return None
+    return np.array([-1 if d is None else d for d in shape], dtype=np.int64)
+
+
+def _same_shape(a: list[Dim] | None, b: list[Dim] | None) -> bool:
+    """Equal shapes for tensors of equal size: every size known and equal, but at most one unknown on both sides
+    (equal sizes then force it equal)."""
+    if a is None or b is None or len(a) != len(b) or any(d == 0 for d in a):
+        return False
+    unknown = [i for i, (x, y) in enumerate(zip(a, b)) if x is None or y is None]
+    return len(unknown) <= 1 and all(a[i] is None and b[i] is None for i in unknown) and \
+        all(x == y for x, y in zip(a, b) if x is not None)
+
+
+def probed_reshape_targets(model: onnx.ModelProto, reshapes: list[str]) -> dict[str, np.ndarray]:
+    """For Reshapes (named by their output) whose computed target shape inference cannot tell: run the model on
+    zeros at two sizes of every dynamic input dimension (2 and 3 rows; 17 and 19 for inner ones) and return, per
+    Reshape whose output sizes are positive and change in at most one place, those sizes with the changing one as -1.
+    A model that fails on the probes gives {}. The parity gate (every validation case: batch 1 and N, other sequence
+    lengths) then proves the rewrite on real inputs."""
+    probe = copy.deepcopy(model)
+    del probe.graph.output[:]
+    for name in reshapes:
+        probe.graph.node.append(helper.make_node("Shape", [name], [f"{name}/probed_shape"]))
+        probe.graph.output.append(helper.make_tensor_value_info(f"{name}/probed_shape", onnx.TensorProto.INT64, None))
+    remove_dead_nodes(probe)
+    runs = []
+    try:
+        import onnxruntime as ort  # noqa: PLC0415 -- only this probe needs a session built from bytes
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        dtypes = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+        for rows, inner in ((2, 17), (3, 19)):
+            feed = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else (rows if axis == 0 else inner)
+                                      for axis, d in enumerate(i.shape)],
+                                     dtype=helper.tensor_dtype_to_np_dtype(dtypes[i.name]))
+                    for i in session.get_inputs()}
+            runs.append(session.run(None, feed))
+    except Exception:  # noqa: BLE001 -- a model that cannot run on zeros keeps its computed targets
+        return {}
+    targets = {}
+    for name, first, second in zip(reshapes, *runs):
+        if first.shape != second.shape or np.any(first <= 0) or np.any(second <= 0):
+            continue
+        changing = first != second
+        if changing.sum() <= 1:
+            targets[name] = np.where(changing, -1, first).astype(np.int64)
+    return targets
+
+
+def simplify_shapes(model: onnx.ModelProto) -> int:
+    """Computed Reshape targets → constants (from shape inference, else probed_reshape_targets); Transposes that only
+    move size-1 dimensions → Reshape; Reshape chains collapsed; Reshapes to their input's own shape removed; then
+    dead nodes removed. Returns the rewrites made."""
+    index, rewrites = _Graph(model), 0
+    computed = [n for n in model.graph.node if n.op_type == "Reshape" and index.const(n.input[1]) is None
+                and not any(a.name == "allowzero" and a.i for a in n.attribute)]
+    unknown = [n.output[0] for n in computed if _shape_constant(index.shapes.get(n.output[0])) is None]
+    probed = probed_reshape_targets(model, sorted(set(unknown))) if unknown else {}
+    for node in model.graph.node:
+        if node in computed:
+            target = _shape_constant(index.shapes.get(node.output[0]))
+            target = probed.get(node.output[0]) if target is None else target
+            if target is not None:
+                node.input[1] = index.add_constant("shape", target)
+                rewrites += 1
+        elif node.op_type == "Transpose" and (shape := index.shapes.get(node.input[0])) is not None:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(shape)))[::-1])
+            moved = [axis for axis in perm if shape[axis] != 1]
+            target = _shape_constant(index.shapes.get(node.output[0]))
+            if moved == sorted(moved) and target is not None:
+                del node.attribute[:]
+                node.op_type, node.domain = "Reshape", ""
+                node.input.append(index.add_constant("shape", target))
+                rewrites += 1
+    for node in model.graph.node:  # shapes above are unchanged by these rewrites: the index still holds
+        if node.op_type != "Reshape" or any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        inner = index.made_by(node.input[0], "Reshape")
+        target = index.const(node.input[1])
+        if inner is not None and target is not None and not np.any(target == 0):
+            node.input[0] = inner.input[0]
+            rewrites += 1
+        if _same_shape(index.shapes.get(node.input[0]), index.shapes.get(node.output[0])) and \
+                index.bypass(node, node.input[0]):
+            rewrites += 1
+    remove_dead_nodes(model)
+    return rewrites
+
+
+def _reduces_last_axis(index: _Graph, node: onnx.NodeProto | None, x: str) -> bool:
+    """node is a mean over x's last axis, dimensions kept: GlobalAveragePool of a rank-3 x, or ReduceMean."""
+    rank = len(index.shapes.get(x) or [])
+    if node is None or node.input[0] != x or rank < 2:
+        return False
+    if node.op_type == "GlobalAveragePool":
+        return rank == 3
+    if node.op_type != "ReduceMean" or any(a.name == "keepdims" and a.i == 0 for a in node.attribute):
+        return False
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and (constant := index.const(node.input[1])) is not None:
+        axes = constant.tolist()
+    return axes is not None and [a % rank for a in axes] == [rank - 1]
+
+
+def _match_layer_norm(index: _Graph, add: onnx.NodeProto) -> tuple[str, np.ndarray | None, np.ndarray | None, float] | None:
+    """(x, gamma, beta, epsilon) when add = x * s + (beta - mean * s), s = gamma / sqrt(var + eps), mean and var
+    over x's last axis, as tf2onnx writes tf.nn.batch_normalization over moments; None otherwise."""
+    for scaled_name, shift_name in permutations(add.input):
+        scaled = index.made_by(scaled_name, "Mul")
+        for x, s in permutations(scaled.input) if scaled is not None else ():
+            gamma, r = None, s
+            if (gamma_mul := index.made_by(s, "Mul")) is not None:
+                for r_name, g_name in permutations(gamma_mul.input):
+                    if index.made_by(r_name, "Reciprocal") is not None and index.const(g_name) is not None:
+                        r, gamma = r_name, index.const(g_name)
+            reciprocal = index.made_by(r, "Reciprocal")
+            sqrt = index.made_by(reciprocal.input[0], "Sqrt") if reciprocal is not None else None
+            plus_eps = index.made_by(sqrt.input[0], "Add") if sqrt is not None else None
+            if plus_eps is None:
+                continue
+            for var_name, eps_name in permutations(plus_eps.input):
+                eps = index.const(eps_name)
+                variance = index.producer.get(var_name)
+                if eps is None or eps.size != 1 or variance is None:
+                    continue
+                square = index.made_by(variance.input[0], "Mul")
+                diff = index.made_by(square.input[0], "Sub") if square is not None else None
+                if diff is None or square.input[0] != square.input[1] or diff.input[0] != x:
+                    continue
+                mean = diff.input[1]
+                if not (_reduces_last_axis(index, index.producer.get(mean), x)
+                        and _reduces_last_axis(index, variance, square.output[0])):
+                    continue
+                beta = _layer_norm_shift(index, shift_name, mean, s)
+                if beta is not False:
+                    return x, gamma, beta, float(eps.reshape(()))
+    return None
+
+
+def _layer_norm_shift(index: _Graph, name: str, mean: str, s: str) -> np.ndarray | None | bool:
+    """beta when name = beta + (-mean) * s (or -mean * s alone: None); False when it is neither."""
+    def is_neg_mean_times_s(candidate: str) -> bool:
+        mul = index.made_by(candidate, "Mul")
+        return mul is not None and any(
+            (neg := index.made_by(a, "Neg")) is not None and neg.input[0] == mean and b == s
+            for a, b in permutations(mul.input))
+    if is_neg_mean_times_s(name):
+        return None
+    if (add := index.made_by(name, "Add")) is not None:
+        for product, beta in permutations(add.input):
+            if is_neg_mean_times_s(product) and index.const(beta) is not None:
+                return index.const(beta)
+    return False
+
+
+def fuse_layer_norm(model: onnx.ModelProto) -> int:
+    """Replace tf2onnx's layer-normalisation subgraphs over the last axis with ONNX LayerNormalization (needs
+    opset ≥ 17; float32 gamma/beta of the last axis' size, any leading size-1 dimensions). Returns the fusions."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 17:
+        return 0
+    index, fusions = _Graph(model), 0
+    for position, node in enumerate(list(model.graph.node)):
+        match = _match_layer_norm(index, node) if node.op_type == "Add" else None
+        if match is None:
+            continue
+        x, gamma, beta, epsilon = match
+        size = (index.shapes.get(x) or [None])[-1]
+        params = [p for p in (gamma, beta) if p is not None]
+        if size is None or any(p.dtype != np.float32 or p.size != size for p in params):
+            continue
+        scale = index.add_constant("ln_scale", (gamma if gamma is not None else np.ones(size, np.float32)).reshape(size))
+        bias = index.add_constant("ln_bias", (beta if beta is not None else np.zeros(size, np.float32)).reshape(size))
+        fused = helper.make_node("LayerNormalization", [x, scale, bias], [node.output[0]], axis=-1, epsilon=epsilon,
+                                 name=f"{node.name or node.output[0]}/LayerNormalization")
+        model.graph.node.remove(node)
+        model.graph.node.insert(list(model.graph.node).index(index.producer[x]) + 1 if x in index.producer
+                                else 0, fused)
+        index.producer[node.output[0]] = fused
+        fusions += 1
+    _toposort(model.graph)
+    remove_dead_nodes(model)
+    return fusions
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so that each comes after the producers of its inputs (outer-scope names count as available)."""
+    produced = {o for n in graph.node for o in n.output}
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(not i or i in ready or i not in produced for i in n.input)]
+        if not progress:
+            return  # a cycle: leave the order alone, onnx.checker will say so
+        for node in progress:
+            ordered.append(node)
+            ready.update(node.output)
+        pending = [n for n in pending if all(n is not m for m in progress)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+PASSES: dict[str, GraphPass] = {
+    "neutral_elementwise": remove_neutral_elementwise,
+    "shape_simplification": simplify_shapes,
+    "layer_norm_fusion": fuse_layer_norm,
+}
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def parity_refusal(candidate: Path, cases: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> str | None:
+    """None when the candidate model computes `expected` (the unoptimised model's outputs) on every case within
+    MAX_ABS/MAX_REL; else why not (a session that fails to load or run counts as a refusal)."""
+    try:
+        session = open_session(candidate)
+        names = [i.name for i in session.get_inputs()]
+        for arrays, wanted in zip(cases, expected):
+            got = session.run(None, dict(zip(names, arrays)))
+            for output, a, b in zip(session.get_outputs(), wanted, got):
+                if a.shape != b.shape or a.dtype != b.dtype or not close_enough(a, b, MAX_ABS, MAX_REL):
+                    return f"changes output {output.name!r} (batch {len(arrays[0])})"
+    except Exception as error:  # noqa: BLE001 -- onnxruntime's pybind errors: the step is refused, saying why
+        return f"onnxruntime refuses the rewritten model: {str(error).strip().splitlines()[0][:160]}"
+    return None
+
+
+def speed_ratio(baseline: Path, candidate: Path, timing_cases: list[list[np.ndarray]], seconds: float) -> float:
+    """Geometric mean over timing_cases of median(candidate) / median(baseline), timed interleaved with default
+    session options (below 1: the candidate is faster)."""
+    logs = []
+    for arrays in timing_cases:
+        runners = {}
+        for label, path in (("baseline", baseline), ("candidate", candidate)):
+            session = open_session(path)
+            feed = dict(zip([i.name for i in session.get_inputs()], arrays))
+            runners[label] = (lambda s, f: lambda: s.run(None, f))(session, feed)
+        timings = time_interleaved(runners, 3, 10, seconds / len(timing_cases))
+        logs.append(np.log(np.median(timings["candidate"]) / np.median(timings["baseline"])))
+    return float(np.exp(np.mean(logs)))
+
+
+def timing_cases(cases: list[list[np.ndarray]], largest_batch: int = 32) -> list[list[np.ndarray]]:
+    """The smallest-batch case and the largest case of at most `largest_batch` rows (one case if they coincide)."""
+    by_batch = sorted(cases, key=lambda arrays: len(arrays[0]))
+    small = by_batch[0]
+    large = max((c for c in by_batch if len(c[0]) <= largest_batch), key=lambda c: len(c[0]), default=small)
+    return [small] if large is small else [small, large]
+
+
+def optimize_graph(onnx_path: Path, steps: list[str], cases: list[list[np.ndarray]], seconds: float,
+                   ) -> tuple[list[str], dict[str, str]]:
+    """Apply `steps` (names in PASSES) to the model at onnx_path one by one, keeping each only if the model it makes
+    passes parity_refusal against the unoptimised model's outputs on `cases` and speed_ratio < 1 against the model
+    kept so far; the result replaces onnx_path.
+
+    Returns (kept steps, {refused step: reason}). Models with external data (> 2 GB) are left as they are."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not steps:
+        return [], {}
+    if _uses_external_data(model):
+        return [], {step: "model has external data: not rewritten" for step in steps}
+    work = onnx_path.parent / "graph_optimization"
+    work.mkdir(exist_ok=True)
+    baseline = onnx_path
+    session = open_session(baseline)
+    names = [i.name for i in session.get_inputs()]
+    expected = [session.run(None, dict(zip(names, arrays))) for arrays in cases]
+    kept, refused = [], {}
+    for step in steps:
+        candidate = copy.deepcopy(model)
+        try:
+            rewrites = PASSES[step](candidate)
+            onnx.checker.check_model(candidate)
+        except Exception as error:  # noqa: BLE001 -- a pass that cannot handle this graph is a refusal, not a failure
+            refused[step] = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
+            continue
+        if not rewrites:
+            refused[step] = "nothing to rewrite"
+            continue
+        path = work / f"{step}.onnx"
+        onnx.save(candidate, str(path))
+        if reason := parity_refusal(path, cases, expected):
+            refused[step] = reason
+            continue
+        ratio = speed_ratio(baseline, path, timing_cases(cases), seconds)
+        if ratio >= 1.0:
+            refused[step] = f"not faster ({ratio:.3f}x the time)"
+            continue
+        kept.append(f"{step}({rewrites})")
+        model, baseline = candidate, path
+    if kept:
+        shutil.copyfile(baseline, onnx_path)
+    shutil.rmtree(work, ignore_errors=True)
+    return kept, refused

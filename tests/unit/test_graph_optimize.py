@@ -1,0 +1,196 @@
+"""Graph optimisation steps (onnx_stage/graph_optimize.py): each rewrite keeps the model's outputs, removes what it
+says, leaves alone what it cannot prove; optimize_graph keeps a step only if parity holds and it measures faster."""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_stage import graph_optimize
+from onnx_stage.graph_optimize import (fuse_layer_norm, optimize_graph, remove_neutral_elementwise, simplify_shapes,
+                                       timing_cases)
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes: list, inputs: list, outputs: list, initializers: dict[str, np.ndarray], opset: int = 17,
+           ) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(value, name) for name, value in initializers.items()])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+def _float(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_neutral_elementwise_drops_zero_bias_and_identity_but_not_a_broadcasting_zero() -> None:
+    nodes = [helper.make_node("Identity", ["x"], ["x_named"]),
+             helper.make_node("Add", ["x_named", "zeros"], ["biased"]),  # x + 0: gone
+             helper.make_node("Mul", ["ones", "biased"], ["scaled"]),  # 1 * x: gone
+             helper.make_node("Add", ["scaled", "wide_zeros"], ["wide"]),  # broadcasts [b, 4] to [3, b, 4]: kept
+             helper.make_node("Relu", ["wide"], ["relu"]),
+             helper.make_node("Identity", ["relu"], ["y"])]  # names the graph output: Relu writes y itself
+    model = _model(nodes, [_float("x", ["batch", 4])], [_float("y", [3, "batch", 4])],
+                   {"zeros": np.zeros(4, np.float32), "ones": np.ones((1, 4), np.float32),
+                    "wide_zeros": np.zeros((3, 1, 4), np.float32)})
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    expected = _run(model, {"x": x})
+
+    assert remove_neutral_elementwise(model) == 4
+    onnx.checker.check_model(model)
+    assert _ops(model) == ["Add", "Relu"]
+    assert model.graph.node[1].output[0] == "y"
+    np.testing.assert_array_equal(_run(model, {"x": x})[0], expected[0])
+
+
+def test_shape_simplification_folds_computed_reshape_targets_and_size_one_transposes() -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),  # Reshape(x, [shape[0], 12]): the Tensordot pattern
+             helper.make_node("Gather", ["shape", "zero"], ["rows"]),
+             helper.make_node("Concat", ["rows", "twelve"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["flat"]),
+             helper.make_node("Reshape", ["flat", "nchw"], ["pooled"]),  # [b, 12] → [b, 12, 1, 1]
+             helper.make_node("Transpose", ["pooled"], ["nhwc"], perm=[0, 2, 3, 1]),  # moves only 1s: a Reshape
+             helper.make_node("Reshape", ["nhwc", "nchw"], ["y"])]  # back to its own shape
+    model = _model(nodes, [_float("x", ["batch", 3, 4])], [_float("y", ["batch", 12, 1, 1])],
+                   {"zero": np.array([0], np.int64), "twelve": np.array([12], np.int64),
+                    "nchw": np.array([-1, 12, 1, 1], np.int64)})
+    x = RNG.standard_normal((5, 3, 4)).astype(np.float32)
+    expected = _run(model, {"x": x})
+
+    assert simplify_shapes(model) > 0
+    onnx.checker.check_model(model)
+    assert "Shape" not in _ops(model) and "Transpose" not in _ops(model)
+    assert _ops(model).count("Reshape") == 1
+    for batch in (1, 5):
+        x = RNG.standard_normal((batch, 3, 4)).astype(np.float32)
+        np.testing.assert_array_equal(_run(model, {"x": x})[0], x.reshape(batch, 12, 1, 1))
+    np.testing.assert_array_equal(_run(model, {"x": np.asarray(x)})[0].shape, expected[0].shape[:0] + (5, 12, 1, 1))
+
+
+def test_shape_simplification_leaves_a_transpose_that_moves_data() -> None:
+    model = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])], [_float("x", ["batch", 3, 4])],
+                   [_float("y", ["batch", 4, 3])], {})
+    assert simplify_shapes(model) == 0
+    assert _ops(model) == ["Transpose"]
+
+
+def _tf2onnx_layer_norm(gamma: np.ndarray | None, beta: np.ndarray | None) -> onnx.ModelProto:
+    """tf.nn.batch_normalization over moments(axis=-1), as tf2onnx writes Keras 3's LayerNormalization."""
+    scale = "r"
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["mean"]),
+             helper.make_node("Sub", ["x", "mean"], ["diff"]),
+             helper.make_node("Mul", ["diff", "diff"], ["square"]),
+             helper.make_node("GlobalAveragePool", ["square"], ["var"]),
+             helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+             helper.make_node("Sqrt", ["var_eps"], ["std"]),
+             helper.make_node("Reciprocal", ["std"], ["r"])]
+    initializers = {"eps": np.array(1e-3, np.float32)}
+    if gamma is not None:
+        nodes.append(helper.make_node("Mul", ["r", "gamma"], ["s"]))
+        initializers["gamma"], scale = gamma, "s"
+    nodes += [helper.make_node("Neg", ["mean"], ["neg_mean"]),
+              helper.make_node("Mul", ["neg_mean", scale], ["shift"])]
+    if beta is not None:
+        nodes.append(helper.make_node("Add", ["shift", "beta"], ["offset"]))
+        initializers["beta"] = beta
+    nodes += [helper.make_node("Mul", ["x", scale], ["scaled"]),
+              helper.make_node("Add", ["scaled", "offset" if beta is not None else "shift"], ["y"])]
+    return _model(nodes, [_float("x", ["batch", 5, 16])], [_float("y", ["batch", 5, 16])], initializers)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_fusion_gives_one_layer_normalization_with_the_same_outputs(affine: bool) -> None:
+    gamma = RNG.standard_normal((1, 1, 16)).astype(np.float32) if affine else None
+    beta = RNG.standard_normal((1, 1, 16)).astype(np.float32) if affine else None
+    model = _tf2onnx_layer_norm(gamma, beta)
+    x = (RNG.standard_normal((3, 5, 16)) * 4 + 2).astype(np.float32)
+    expected = _run(model, {"x": x})[0]
+
+    assert fuse_layer_norm(model) == 1
+    onnx.checker.check_model(model)
+    assert _ops(model) == ["LayerNormalization"]
+    np.testing.assert_allclose(_run(model, {"x": x})[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_layer_norm_fusion_needs_opset_17_and_the_last_axis() -> None:
+    old = _tf2onnx_layer_norm(None, None)
+    old.opset_import[0].version = 16
+    assert fuse_layer_norm(old) == 0
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["mean"]),  # rank 4: a mean over two axes, not LayerNorm
+             helper.make_node("Sub", ["x", "mean"], ["diff"]), helper.make_node("Mul", ["diff", "diff"], ["square"]),
+             helper.make_node("GlobalAveragePool", ["square"], ["var"]), helper.make_node("Add", ["var", "eps"], ["v"]),
+             helper.make_node("Sqrt", ["v"], ["std"]), helper.make_node("Reciprocal", ["std"], ["r"]),
+             helper.make_node("Neg", ["mean"], ["m"]), helper.make_node("Mul", ["m", "r"], ["shift"]),
+             helper.make_node("Mul", ["x", "r"], ["scaled"]), helper.make_node("Add", ["scaled", "shift"], ["y"])]
+    four_d = _model(nodes, [_float("x", ["batch", 2, 5, 16])], [_float("y", ["batch", 2, 5, 16])],
+                    {"eps": np.array(1e-3, np.float32)})
+    assert fuse_layer_norm(four_d) == 0
+
+
+def _zero_bias_model(path: Path) -> Path:
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+                   [_float("x", ["batch", 8])], [_float("y", ["batch", 8])],
+                   {"w": RNG.standard_normal((8, 8)).astype(np.float32), "b": np.zeros(8, np.float32)})
+    onnx.save(model, str(path))
+    return path
+
+
+def _cases() -> list[list[np.ndarray]]:
+    return [[RNG.standard_normal((batch, 8)).astype(np.float32)] for batch in (1, 16)]
+
+
+def test_optimize_graph_keeps_a_step_that_holds_parity_and_is_faster(tmp_path: Path, monkeypatch) -> None:
+    path = _zero_bias_model(tmp_path / "model.onnx")
+    monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 0.9)
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0.1)
+
+    assert kept == ["neutral_elementwise(1)"]
+    assert refused == {"shape_simplification": "nothing to rewrite"}
+    assert _ops(onnx.load(str(path))) == ["MatMul"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_optimize_graph_refuses_a_step_measured_slower(tmp_path: Path, monkeypatch) -> None:
+    path = _zero_bias_model(tmp_path / "model.onnx")
+    original = path.read_bytes()
+    monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 1.02)
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+
+    assert kept == [] and refused["neutral_elementwise"].startswith("not faster (1.020x")
+    assert path.read_bytes() == original
+
+
+def test_optimize_graph_refuses_a_step_that_changes_outputs(tmp_path: Path, monkeypatch) -> None:
+    path = _zero_bias_model(tmp_path / "model.onnx")
+
+    def breaks_the_model(model: onnx.ModelProto) -> int:
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((8, 8), np.float32), "w"))
+        return 1
+    monkeypatch.setitem(graph_optimize.PASSES, "neutral_elementwise", breaks_the_model)
+    monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 0.5)
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+
+    assert kept == [] and refused["neutral_elementwise"].startswith("changes output 'y'")
+
+
+def test_timing_cases_are_the_smallest_and_largest_batch_up_to_32() -> None:
+    cases = [[np.zeros((n, 2))] for n in (1, 256, 16, 1)]
+    assert [len(c[0]) for c in timing_cases(cases)] == [1, 16]
+    assert [len(c[0]) for c in timing_cases([[np.zeros((4, 2))]])] == [4]
