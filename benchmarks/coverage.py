@@ -76,7 +76,7 @@ def render(row: dict) -> str:
 
 
 def as_expected(row: dict, expected: str) -> bool:
-    """zoo_user's expectation met: `converts` with parity, or `refused: <Layer>` with a refusal naming the layer (before
+    """user_models' expectation met: `converts` with parity, or `refused: <Layer>` with a refusal naming the layer (before
     conversion, or at load for a model taking strings) and nothing converted."""
     if expected == "converts":
         return row["parity"]

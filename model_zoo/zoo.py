@@ -301,7 +301,7 @@ ZOO: dict[str, ZooModel] = {model.name: model for model in [*LAYER_FAMILIES, *AP
 
 
 def save_models(out_dir: Path, names: list[str]) -> None:
-    """Build and save each named model (of ZOO or zoo_user.USER_MODELS) as out_dir/NAME.keras (runs where Keras
+    """Build and save each named model (of ZOO or user_models.USER_MODELS) as out_dir/NAME.keras (runs where Keras
     may be imported)."""
     from model_zoo.user_models import USER_MODELS
 
