@@ -194,3 +194,65 @@ def test_timing_cases_are_the_smallest_and_largest_batch_up_to_32() -> None:
     cases = [[np.zeros((n, 2))] for n in (1, 256, 16, 1)]
     assert [len(c[0]) for c in timing_cases(cases)] == [1, 16]
     assert [len(c[0]) for c in timing_cases([[np.zeros((4, 2))]])] == [4]
+
+
+def _tf2onnx_rnn_loop(steps: int = 4, bound: int = 4) -> onnx.ModelProto:
+    """A SimpleRNN as tf2onnx writes Keras 3's while loop: the weights carried through every iteration, a step
+    counter carried next to the iteration number, condition `counter + 1 < bound and iteration < bound`."""
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["seq", "counter"], ["x_t"]),
+         helper.make_node("MatMul", ["x_t", "w_in"], ["xw"]),
+         helper.make_node("Squeeze", ["bias2d", "axis0"], ["bias"]),  # reads only constants: hoisted
+         helper.make_node("Add", ["xw", "bias"], ["xb"]),
+         helper.make_node("MatMul", ["h", "w_rec"], ["hw"]),
+         helper.make_node("Add", ["xb", "hw"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["h_next"]),
+         helper.make_node("Identity", ["h_next"], ["h_scan"]),
+         helper.make_node("Add", ["counter", "one"], ["counter_next"]),
+         helper.make_node("Cast", ["counter_next"], ["counter_f"], to=TensorProto.FLOAT),
+         helper.make_node("Less", ["counter_f", "bound_f"], ["more_steps"]),
+         helper.make_node("Cast", ["iteration"], ["iteration_f"], to=TensorProto.FLOAT),
+         helper.make_node("Less", ["iteration_f", "bound_f"], ["more_iterations"]),
+         helper.make_node("And", ["more_steps", "more_iterations"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("counter", TensorProto.INT64, []),
+         _float("h", ["batch", 3]), _float("w_in", [2, 3]), _float("w_rec", [3, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("counter_next", TensorProto.INT64, []), _float("h_next", ["batch", 3]),
+         _float("w_in", [2, 3]), _float("w_rec", [3, 3]), _float("h_scan", ["batch", 3])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(bound, np.float32),
+                                                                                       "bound_f"),
+         numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+         numpy_helper.from_array(RNG.standard_normal((1, 3)).astype(np.float32), "bias2d")])
+    nodes = [helper.make_node("Transpose", ["x"], ["seq"], perm=[1, 0, 2]),
+             helper.make_node("Loop", ["trip_count", "true", "zero", "h0", "kernel", "recurrent_kernel"],
+                              ["counter_final", "h_final", "kernel_out", "recurrent_out", "scan"], body=body),
+             helper.make_node("Transpose", ["scan"], ["sequence"], perm=[1, 0, 2])]
+    graph_inputs = [_float("x", ["batch", steps, 2]), _float("h0", ["batch", 3])]
+    return _model(nodes, graph_inputs, [_float("sequence", ["batch", steps, 3]), _float("h_final", ["batch", 3])],
+                  {"trip_count": np.array(steps, np.int64), "true": np.array(True), "zero": np.array(0, np.int64),
+                   "kernel": RNG.standard_normal((2, 3)).astype(np.float32),
+                   "recurrent_kernel": RNG.standard_normal((3, 3)).astype(np.float32)})
+
+
+def test_loop_simplification_keeps_outputs_and_leaves_only_the_cell_in_the_body() -> None:
+    model = _tf2onnx_rnn_loop()
+    feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
+    expected = _run(model, feed)
+
+    assert graph_optimize.simplify_loops(model) == 5  # 2 carried weights, 1 hoisted, 1 projection, 1 condition
+    onnx.checker.check_model(model)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    assert len(loop.input) == 4 and len(loop.output) == 3  # the weights are read from outside
+    assert sorted(n.op_type for n in loop.attribute[0].g.node) == ["Add", "Add", "Gather", "Identity", "MatMul", "Tanh"]
+    for got, want in zip(_run(model, feed), expected):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_loop_condition_that_can_end_the_loop_early_is_kept() -> None:
+    model = _tf2onnx_rnn_loop(steps=4, bound=3)  # stops after 3 steps: the condition matters
+    assert graph_optimize.simplify_loops(model) == 4
+    body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+    assert "And" in [n.op_type for n in body.node]
