@@ -7,7 +7,8 @@ The steps (`convert.graph_optimizations`, in order):
 - `shape_simplification`: a Reshape whose target shape is computed at run time (Shape → Gather → Concat) gets it
   as a constant where ONNX shape inference knows every dimension but one (that one becomes -1); a Transpose that
   only moves dimensions of size 1 becomes a Reshape; Reshape → Reshape collapses; a Reshape to the shape its input
-  already has disappears; nodes nothing uses any more are removed.
+  already has disappears; a Transpose followed by elementwise ops and a reduction that drops the moved axes goes
+  (sink_transposes_into_reductions); nodes nothing uses any more are removed.
 - `layer_norm_fusion`: TensorFlow's layer normalisation as tf2onnx writes it (moments: mean, squared difference,
   variance, Rsqrt as Sqrt + Reciprocal, scale and shift) over the last axis becomes one ONNX LayerNormalization
   (opset 17 or later: a standard op, with kernels on onnxruntime's CPU and CUDA providers).
@@ -229,10 +230,76 @@ def probed_reshape_targets(model: onnx.ModelProto, reshapes: list[str]) -> dict[
     return targets
 
 
+ELEMENTWISE_UNARY = {"Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softplus", "Abs",
+                     "Neg", "Exp", "Log", "Sqrt", "Erf", "Identity"}
+REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
+
+
+def _reduction_axes(index: _Graph, node: onnx.NodeProto) -> list[int] | None:
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and (constant := index.const(node.input[1])) is not None:
+        axes = constant.tolist()
+    return axes
+
+
+def sink_transposes_into_reductions(model: onnx.ModelProto) -> int:
+    """Transpose → elementwise ops with constants → a reduction without kept dimensions whose remaining axes keep
+    their order (NCHW → NHWC → BatchNorm scale, ReLU6 → mean over H, W: Keras' global pooling head) computes the
+    same on the untransposed tensor with the constants and axes permuted: the Transpose goes, and onnxruntime can
+    fold the scale into the convolution before it. Returns the Transposes removed."""
+    index, rewrites = _Graph(model, shapes=False), 0
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for transpose in [n for n in model.graph.node if n.op_type == "Transpose"]:
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        if perm is None:
+            continue
+        chain, current, reduction = [], transpose.output[0], None
+        while len(readers.get(current, [])) == 1 and current not in index.outputs:
+            node = readers[current][0]
+            others = [i for i in node.input if i != current]
+            if node.op_type in REDUCTIONS:
+                axes = _reduction_axes(index, node)
+                keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+                if axes is not None and keepdims == 0 and list(node.input).index(current) == 0:
+                    axes = [a % len(perm) for a in axes]
+                    remaining = [perm[k] for k in range(len(perm)) if k not in axes]
+                    reduction = (node, sorted(perm[a] for a in axes)) if remaining == sorted(remaining) else None
+                break
+            if node.op_type in ELEMENTWISE_UNARY and (node.op_type != "Clip" or all(
+                    index.const(i) is not None and index.const(i).size == 1 for i in others if i)):
+                chain.append((node, []))
+            elif node.op_type in {"Add", "Sub", "Mul", "Div"} and len(others) == 1 and \
+                    (constant := index.const(others[0])) is not None and constant.ndim <= len(perm):
+                chain.append((node, [others[0]]))
+            else:
+                break
+            current = node.output[0]
+        if reduction is None:
+            continue
+        inverse = list(np.argsort(perm))
+        for node, constants in chain:
+            for name in constants:
+                value = index.const(name)
+                value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(inverse)
+                node.input[list(node.input).index(name)] = index.add_constant("untransposed", value)
+        node, axes = reduction
+        if any(a.name == "axes" for a in node.attribute):
+            next(a for a in node.attribute if a.name == "axes").ints[:] = axes
+        else:
+            node.input[1] = index.add_constant("axes", np.array(axes, np.int64))
+        first = chain[0][0] if chain else node
+        first.input[list(first.input).index(transpose.output[0])] = transpose.input[0]
+        rewrites += 1
+    return rewrites
+
+
 def simplify_shapes(model: onnx.ModelProto) -> int:
     """Computed Reshape targets → constants (from shape inference, else probed_reshape_targets); Transposes that only
-    move size-1 dimensions → Reshape; Reshape chains collapsed; Reshapes to their input's own shape removed; then
-    dead nodes removed. Returns the rewrites made."""
+    move size-1 dimensions → Reshape; Reshape chains collapsed; Reshapes to their input's own shape removed;
+    Transposes sunk into reductions; then dead nodes removed. Returns the rewrites made."""
     index, rewrites = _Graph(model), 0
     computed = [n for n in model.graph.node if n.op_type == "Reshape" and index.const(n.input[1]) is None
                 and not any(a.name == "allowzero" and a.i for a in n.attribute)]
@@ -265,6 +332,7 @@ def simplify_shapes(model: onnx.ModelProto) -> int:
         if _same_shape(index.shapes.get(node.input[0]), index.shapes.get(node.output[0])) and \
                 index.bypass(node, node.input[0]):
             rewrites += 1
+    rewrites += sink_transposes_into_reductions(model)
     remove_dead_nodes(model)
     return rewrites
 

@@ -256,3 +256,28 @@ def test_loop_condition_that_can_end_the_loop_early_is_kept() -> None:
     assert graph_optimize.simplify_loops(model) == 4
     body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
     assert "And" in [n.op_type for n in body.node]
+
+
+def test_a_transpose_before_a_pooling_head_sinks_into_the_reduction() -> None:
+    nodes = [helper.make_node("Transpose", ["x"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Mul", ["nhwc", "scale"], ["scaled"]),  # BatchNorm's scale, per channel (last axis)
+             helper.make_node("Clip", ["scaled", "zero", "six"], ["relu6"]),
+             helper.make_node("ReduceMean", ["relu6"], ["y"], axes=[1, 2], keepdims=0)]
+    model = _model(nodes, [_float("x", ["batch", 4, 3, 3])], [_float("y", ["batch", 4])],
+                   {"scale": RNG.standard_normal(4).astype(np.float32), "zero": np.array(0, np.float32),
+                    "six": np.array(6, np.float32)})
+    x = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32) * 5
+    expected = _run(model, {"x": x})[0]
+
+    assert graph_optimize.sink_transposes_into_reductions(model) == 1
+    graph_optimize.remove_dead_nodes(model)
+    onnx.checker.check_model(model)
+    assert _ops(model) == ["Mul", "Clip", "ReduceMean"]
+    np.testing.assert_allclose(_run(model, {"x": x})[0], expected, atol=1e-6)
+
+
+def test_a_transpose_whose_kept_axes_change_order_is_not_sunk() -> None:
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=0)]
+    model = _model(nodes, [_float("x", [2, 3, 4])], [_float("y", [4, 3])], {"axes": np.array([0], np.int64)})
+    assert graph_optimize.sink_transposes_into_reductions(model) == 0
