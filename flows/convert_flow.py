@@ -76,7 +76,7 @@ def convert_model(
             bench = check_served_options(onnx_model, inputs, parity, bench, config.validation)
             variants = gate_variant_speed(variants, bench, config.variants)
             accepted = [variant for variant in variants if variant.parity]
-            worker.close()
+            worker.close(wait=False)  # its memory is freed while the twin registers
             with transaction():
                 twin = register(source, packaged, onnx_model, parity, bench, config, work_dir,
                                 source_answers=source_answers)

@@ -77,3 +77,17 @@ def test_closing_the_worker_fails_a_waiting_request_with_a_clear_reason(napping_
     napping_worker.close()
     with pytest.raises(WorkerError, match="stopped during nap"):
         slow.result()
+
+
+def test_closing_without_waiting_returns_at_once_and_reaps_the_child_on_a_thread(napping_worker: KerasWorker) -> None:
+    slow = napping_worker.start("nap", seconds=30.0)
+    log = Path(napping_worker._log.name)
+    napping_worker.close(wait=False)
+    assert napping_worker._process.returncode is None or napping_worker._process.returncode < 0  # killed, not waited
+    with pytest.raises(WorkerError, match="stopped during nap"):
+        slow.result()  # answered once the reaper thread sees the child's end close
+    deadline = time.monotonic() + 10
+    while log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert napping_worker._process.poll() == -9 and not log.exists()
+    napping_worker.close()  # a second close (the context manager's) is a no-op
