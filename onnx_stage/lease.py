@@ -73,6 +73,7 @@ def start_ephemeral_prefect() -> None:
 def _prefect_lease(name: str, wait_seconds: float, lease_seconds: float) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
     from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists
 
@@ -87,6 +88,11 @@ def _prefect_lease(name: str, wait_seconds: float, lease_seconds: float) -> Iter
     except TimeoutError:
         raise LeaseTimeout(f"another run has been converting the same model for over {wait_seconds:.0f} s (Prefect "
                            f"concurrency limit {name!r}); wait for it, or raise registry.lease_wait_seconds") from None
+    finally:
+        # Prefect keeps one acquisition service per set of limit names for the life of the process: a thread, an
+        # event loop task and an HTTP client with its socket. Each conversion's lease has its own name, so a
+        # long-lived worker would keep one more of each per run (benchmarks/worker_memory.py): stop it.
+        ConcurrencySlotAcquisitionWithLeaseService.instance(frozenset([name])).drain()
 
 
 @contextmanager
