@@ -16,6 +16,8 @@ The steps (`convert.graph_optimizations`, in order):
   weights it carries through every iteration read from outside the loop instead, body nodes that read only
   constants hoisted in front of it, the input projection done for all steps at once before it, and a loop
   condition that cannot end the loop before its constant trip count no longer computed every step.
+- `global_pooling`: a ReduceMean over every axis after the first two becomes GlobalAveragePool (its own kernel,
+  also in onnxruntime's blocked NCHWc layout).
 
 Nothing here writes onnxruntime's own fused ops (FusedConv, NCHWc, ...): those exist for one execution provider and
 would break the twin's CUDA-then-CPU provider list. A step is kept only if the model it makes computes the unoptimised
@@ -243,10 +245,12 @@ def _reduction_axes(index: _Graph, node: onnx.NodeProto) -> list[int] | None:
 
 
 def sink_transposes_into_reductions(model: onnx.ModelProto) -> int:
-    """Transpose → elementwise ops with constants → a reduction without kept dimensions whose remaining axes keep
-    their order (NCHW → NHWC → BatchNorm scale, ReLU6 → mean over H, W: Keras' global pooling head) computes the
-    same on the untransposed tensor with the constants and axes permuted: the Transpose goes, and onnxruntime can
-    fold the scale into the convolution before it. Returns the Transposes removed."""
+    """A Transpose whose every use leads, through elementwise ops (unary; binary with a constant or between values of
+    the region), into one reduction whose remaining axes keep their order (NCHW → NHWC → BatchNorm, ReLU6 or
+    hard-swish → mean over H, W: Keras' pooling head) computes the same on the untransposed tensor with constants and
+    axes permuted: the Transpose goes, and onnxruntime can fold the scale into the convolution before it. A reduction
+    that keeps dimensions qualifies when a constant Reshape reads it (it then differs only in where its size-1
+    dimensions sit). Returns the Transposes removed."""
     index, rewrites = _Graph(model, shapes=False), 0
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -254,46 +258,64 @@ def sink_transposes_into_reductions(model: onnx.ModelProto) -> int:
             readers.setdefault(name, []).append(node)
     for transpose in [n for n in model.graph.node if n.op_type == "Transpose"]:
         perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
-        if perm is None:
-            continue
-        chain, current, reduction = [], transpose.output[0], None
-        while len(readers.get(current, [])) == 1 and current not in index.outputs:
-            node = readers[current][0]
-            others = [i for i in node.input if i != current]
-            if node.op_type in REDUCTIONS:
-                axes = _reduction_axes(index, node)
-                keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
-                if axes is not None and keepdims == 0 and list(node.input).index(current) == 0:
-                    axes = [a % len(perm) for a in axes]
-                    remaining = [perm[k] for k in range(len(perm)) if k not in axes]
-                    reduction = (node, sorted(perm[a] for a in axes)) if remaining == sorted(remaining) else None
-                break
-            if node.op_type in ELEMENTWISE_UNARY and (node.op_type != "Clip" or all(
-                    index.const(i) is not None and index.const(i).size == 1 for i in others if i)):
-                chain.append((node, []))
-            elif node.op_type in {"Add", "Sub", "Mul", "Div"} and len(others) == 1 and \
-                    (constant := index.const(others[0])) is not None and constant.ndim <= len(perm):
-                chain.append((node, [others[0]]))
+        if perm is not None and (region := _elementwise_region(index, readers, transpose.output[0], len(perm))):
+            nodes, reduction = region
+            axes = [a % len(perm) for a in _reduction_axes(index, reduction)]
+            remaining = [perm[k] for k in range(len(perm)) if k not in axes]
+            keepdims = next((a.i for a in reduction.attribute if a.name == "keepdims"), 1)
+            reshape = readers.get(reduction.output[0], [])
+            if remaining != sorted(remaining) or (keepdims and not (
+                    len(reshape) == 1 and reshape[0].op_type == "Reshape" and reduction.output[0] not in index.outputs
+                    and (target := index.const(reshape[0].input[1])) is not None and not np.any(target == 0))):
+                continue
+            inverse = list(np.argsort(perm))
+            for node in nodes:
+                for position, name in enumerate(node.input):
+                    value = index.const(name) if node.op_type != "Clip" else None
+                    if value is not None and value.ndim:
+                        value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(inverse)
+                        node.input[position] = index.add_constant("untransposed", value)
+            new_axes = sorted(perm[a] for a in axes)
+            if any(a.name == "axes" for a in reduction.attribute):
+                next(a for a in reduction.attribute if a.name == "axes").ints[:] = new_axes
             else:
-                break
-            current = node.output[0]
-        if reduction is None:
-            continue
-        inverse = list(np.argsort(perm))
-        for node, constants in chain:
-            for name in constants:
-                value = index.const(name)
-                value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(inverse)
-                node.input[list(node.input).index(name)] = index.add_constant("untransposed", value)
-        node, axes = reduction
-        if any(a.name == "axes" for a in node.attribute):
-            next(a for a in node.attribute if a.name == "axes").ints[:] = axes
-        else:
-            node.input[1] = index.add_constant("axes", np.array(axes, np.int64))
-        first = chain[0][0] if chain else node
-        first.input[list(first.input).index(transpose.output[0])] = transpose.input[0]
-        rewrites += 1
+                reduction.input[1] = index.add_constant("axes", np.array(new_axes, np.int64))
+            _rename_uses(model.graph, transpose.output[0], transpose.input[0])
+            rewrites += 1
     return rewrites
+
+
+def _elementwise_region(index: _Graph, readers: dict[str, list[onnx.NodeProto]], start: str, rank: int,
+                        ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """The elementwise nodes every use of `start` flows through, and the one reduction they all end in; None when a
+    use leaves the region another way (a graph output, another op, a constant of higher rank)."""
+    values, nodes, reduction, pending = {start}, [], None, [start]
+    while pending:
+        name = pending.pop()
+        if name in index.outputs:
+            return None
+        for node in readers.get(name, []):
+            if node in nodes or node is reduction:
+                continue
+            if node.op_type in REDUCTIONS and node.input[0] == name and reduction is None \
+                    and _reduction_axes(index, node) is not None:
+                reduction = node
+                continue
+            constant_inputs = [i for i in node.input if i and index.const(i) is not None]
+            if node.op_type in ELEMENTWISE_UNARY and (node.op_type != "Clip" or all(
+                    index.const(i).size == 1 for i in constant_inputs)) and \
+                    len([i for i in node.input if i]) - len(constant_inputs) == 1:
+                pass
+            elif node.op_type in {"Add", "Sub", "Mul", "Div"} and all(
+                    index.const(i).ndim <= rank for i in constant_inputs):
+                pass
+            else:
+                return None
+            nodes.append(node)
+            values.update(node.output)
+            pending.extend(node.output)
+    inputs_known = all(i in values or index.const(i) is not None for n in nodes for i in n.input if i)
+    return (nodes, reduction) if reduction is not None and inputs_known else None
 
 
 def simplify_shapes(model: onnx.ModelProto) -> int:
@@ -321,7 +343,18 @@ def simplify_shapes(model: onnx.ModelProto) -> int:
                 node.op_type, node.domain = "Reshape", ""
                 node.input.append(index.add_constant("shape", target))
                 rewrites += 1
-    for node in model.graph.node:  # shapes above are unchanged by these rewrites: the index still holds
+    rewrites += _collapse_reshapes(model, index)
+    if sunk := sink_transposes_into_reductions(model):  # reduction outputs changed layout: shapes inferred again
+        rewrites += sunk + _collapse_reshapes(model, _Graph(model))
+    remove_dead_nodes(model)
+    return rewrites
+
+
+def _collapse_reshapes(model: onnx.ModelProto, index: _Graph) -> int:
+    """Reshape → Reshape (constant target without 0s) reads the first one's input; a Reshape to its input's own
+    shape is bypassed. `index` must describe the model's current shapes."""
+    rewrites = 0
+    for node in model.graph.node:
         if node.op_type != "Reshape" or any(a.name == "allowzero" and a.i for a in node.attribute):
             continue
         inner = index.made_by(node.input[0], "Reshape")
@@ -332,8 +365,6 @@ def simplify_shapes(model: onnx.ModelProto) -> int:
         if _same_shape(index.shapes.get(node.input[0]), index.shapes.get(node.output[0])) and \
                 index.bypass(node, node.input[0]):
             rewrites += 1
-    rewrites += sink_transposes_into_reductions(model)
-    remove_dead_nodes(model)
     return rewrites
 
 
@@ -603,11 +634,37 @@ def simplify_loops(model: onnx.ModelProto) -> int:
     return rewrites
 
 
+def use_global_pooling(model: onnx.ModelProto) -> int:
+    """ReduceMean over every axis after the first two of a tensor of known rank ≥ 3 (Keras' global average pooling
+    and squeeze-excite, once in NCHW) → GlobalAveragePool (+ Flatten when dimensions are not kept): the same mean,
+    and onnxruntime runs GlobalAveragePool in its blocked convolution layout instead of converting out of it and
+    back around every squeeze-excite block. Returns the reductions replaced."""
+    index, rewrites = _Graph(model), 0
+    for position, node in enumerate(list(model.graph.node)):
+        rank = len(index.shapes.get(node.input[0]) or []) if node.op_type == "ReduceMean" else 0
+        axes = _reduction_axes(index, node) if rank >= 3 else None
+        if axes is None or sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        output = node.output[0]
+        pooled = helper.make_node("GlobalAveragePool", [node.input[0]], [output if keepdims else f"{output}/pooled"],
+                                  name=f"{node.name or output}/GlobalAveragePool")
+        replacement = [pooled] if keepdims else [pooled, helper.make_node("Flatten", [pooled.output[0]], [output],
+                                                                           axis=1, name=f"{node.name or output}/Flatten")]
+        index_in_graph = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for offset, new_node in enumerate(replacement):
+            model.graph.node.insert(index_in_graph + offset, new_node)
+        rewrites += 1
+    return rewrites
+
+
 PASSES: dict[str, GraphPass] = {
     "neutral_elementwise": remove_neutral_elementwise,
     "shape_simplification": simplify_shapes,
     "layer_norm_fusion": fuse_layer_norm,
     "loop_simplification": simplify_loops,
+    "global_pooling": use_global_pooling,
 }
 
 

@@ -281,3 +281,19 @@ def test_a_transpose_whose_kept_axes_change_order_is_not_sunk() -> None:
              helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=0)]
     model = _model(nodes, [_float("x", [2, 3, 4])], [_float("y", [4, 3])], {"axes": np.array([0], np.int64)})
     assert graph_optimize.sink_transposes_into_reductions(model) == 0
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_a_spatial_mean_becomes_global_average_pooling(keepdims: int) -> None:
+    model = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=keepdims)],
+                   [_float("x", ["batch", 4, 5, 6])], [_float("y", ["batch", 4, 1, 1] if keepdims else ["batch", 4])], {})
+    x = RNG.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    expected = _run(model, {"x": x})[0]
+
+    assert graph_optimize.use_global_pooling(model) == 1
+    onnx.checker.check_model(model)
+    assert _ops(model) == (["GlobalAveragePool"] if keepdims else ["GlobalAveragePool", "Flatten"])
+    np.testing.assert_allclose(_run(model, {"x": x})[0], expected, atol=1e-6)
+    not_spatial = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2], keepdims=1)],
+                         [_float("x", ["batch", 4, 5, 6])], [_float("y", ["batch", 1, 1, 6])], {})
+    assert graph_optimize.use_global_pooling(not_spatial) == 0
