@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ConverterRoute = Literal["tf2onnx_lean", "onnxmltools", "keras_export", "tf2onnx"]
 GraphOptimization = Literal["neutral_elementwise", "shape_simplification", "layer_norm_fusion", "loop_simplification",
-                            "global_pooling"]
+                            "recurrent_fusion", "global_pooling"]
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"  # configs/, shipped inside
 Count = Annotated[int, Field(ge=1)]  # a batch size or length: 0 or less would compare nothing (parity "nan%")
 
@@ -39,7 +39,7 @@ class ConvertConfig(_Section):
     )
     graph_optimizations: list[GraphOptimization] = Field(
         default_factory=lambda: ["neutral_elementwise", "shape_simplification", "layer_norm_fusion",
-                                 "loop_simplification", "global_pooling"],
+                                 "loop_simplification", "recurrent_fusion", "global_pooling"],
         description="Rewrites of the converted graph (onnx_stage/graph_optimize.py), tried in order; each is kept "
                     "only if the model still computes the same outputs on the validation inputs and is measured "
                     "faster. [] registers the converter's graph as it is.",

@@ -297,3 +297,27 @@ def test_a_spatial_mean_becomes_global_average_pooling(keepdims: int) -> None:
     not_spatial = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2], keepdims=1)],
                          [_float("x", ["batch", 4, 5, 6])], [_float("y", ["batch", 1, 1, 6])], {})
     assert graph_optimize.use_global_pooling(not_spatial) == 0
+
+
+def test_recurrent_fusion_turns_a_simple_rnn_loop_into_one_rnn_node() -> None:
+    model = _tf2onnx_rnn_loop()
+    body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+    identity = next(n for n in body.node if n.op_type == "Identity")  # as tf2onnx: the carried state copies the scan
+    identity.input[0], identity.output[0] = "h_scan_value", "h_next"
+    next(n for n in body.node if n.op_type == "Tanh").output[0] = "h_scan_value"
+    body.output[5].name = "h_scan_value"
+    onnx.checker.check_model(model)
+    feed = {"x": RNG.standard_normal((3, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((3, 3)).astype(np.float32)}
+    expected = _run(model, feed)
+
+    assert graph_optimize.fuse_recurrent_loops(model) == 1
+    onnx.checker.check_model(model)
+    assert "Loop" not in _ops(model) and "RNN" in _ops(model)
+    for got, want in zip(_run(model, feed), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_recurrent_fusion_leaves_a_loop_that_stops_early() -> None:
+    model = _tf2onnx_rnn_loop(steps=4, bound=3)
+    assert graph_optimize.fuse_recurrent_loops(model) == 0
+    assert "Loop" in _ops(model)
