@@ -58,6 +58,10 @@ class _Graph:
         self.constants |= {n.output[0]: n.attribute[0].t for n in self.graph.node
                            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
         self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}  # main-graph nodes reading each name, as built
+        for node in self.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in self.graph.output}
         self.shapes: dict[str, list[Dim]] = {}
         if shapes:
@@ -144,13 +148,18 @@ def _broadcasts_into(constant: np.ndarray, shape: list[Dim] | None) -> bool:
 
 
 def remove_neutral_elementwise(model: onnx.ModelProto) -> int:
-    """Drop `x + 0`, `0 + x`, `x - 0`, `x * 1`, `1 * x`, `x / 1` (float constants that leave x's shape as it is) and
-    Identity nodes (see _drop for graph outputs). Returns the number of nodes dropped."""
+    """Drop `x + 0`, `0 + x`, `x - 0`, `x * 1`, `1 * x`, `x / 1` (float constants that leave x's shape as it is),
+    Identity nodes (see _drop for graph outputs) and a Gemm's all-zero C. Returns the number of rewrites."""
     index, rewrites = _Graph(model), 0
     neutral = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
     for node in list(model.graph.node):
         if node.op_type == "Identity":
             rewrites += _drop(index, node, node.input[0])
+            continue
+        if node.op_type == "Gemm" and len(node.input) == 3 and (bias := index.const(node.input[2])) is not None \
+                and bias.size and not np.any(bias):
+            del node.input[2]  # C = 0: the product alone
+            rewrites += 1
             continue
         if node.op_type not in neutral or len(node.input) != 2:
             continue
@@ -254,10 +263,7 @@ def sink_transposes_into_reductions(model: onnx.ModelProto) -> int:
     that keeps dimensions qualifies when a constant Reshape reads it (it then differs only in where its size-1
     dimensions sit). Returns the Transposes removed."""
     index, rewrites = _Graph(model, shapes=False), 0
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = index.readers
     for transpose in [n for n in model.graph.node if n.op_type == "Transpose"]:
         perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
         if perm is not None and (region := _elementwise_region(index, readers, transpose.output[0], len(perm))):
@@ -320,6 +326,37 @@ def _elementwise_region(index: _Graph, readers: dict[str, list[onnx.NodeProto]],
     return (nodes, reduction) if reduction is not None and inputs_known else None
 
 
+def _axes_of(index: _Graph, node: onnx.NodeProto) -> list[int] | None:
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and (constant := index.const(node.input[1])) is not None:
+        axes = constant.reshape(-1).tolist()
+    return axes
+
+
+def drop_squeeze_pairs(model: onnx.ModelProto) -> int:
+    """Squeeze(axes) → unary elementwise ops → Unsqueeze(the same axes) (tf2onnx's Conv1D: a 2-D convolution squeezed
+    to 3-D for its ReLU and unsqueezed again for the pooling): the ops run on the unsqueezed tensor, both nodes go,
+    and onnxruntime can fuse the activation into the convolution. Returns the pairs removed."""
+    index, removed = _Graph(model, shapes=False), 0
+    readers = index.readers
+    for squeeze in [n for n in model.graph.node if n.op_type == "Squeeze"]:
+        axes, chain, current = _axes_of(index, squeeze), [], squeeze.output[0]
+        while axes and len(readers.get(current, [])) == 1 and current not in index.outputs:
+            node = readers[current][0]
+            if node.op_type == "Unsqueeze" and _axes_of(index, node) == axes and node.output[0] not in index.outputs \
+                    and chain:
+                chain[0].input[0] = squeeze.input[0]
+                _rename_uses(model.graph, node.output[0], chain[-1].output[0])
+                removed += 1
+                break
+            if node.op_type not in ELEMENTWISE_UNARY or node.input[0] != current or any(
+                    index.const(i) is None or index.const(i).size != 1 for i in node.input[1:] if i):
+                break
+            chain.append(node)
+            current = node.output[0]
+    return removed
+
+
 def simplify_shapes(model: onnx.ModelProto) -> int:
     """Computed Reshape targets → constants (from shape inference, else probed_reshape_targets); Transposes that only
     move size-1 dimensions → Reshape; Reshape chains collapsed; Reshapes to their input's own shape removed;
@@ -345,7 +382,7 @@ def simplify_shapes(model: onnx.ModelProto) -> int:
                 node.op_type, node.domain = "Reshape", ""
                 node.input.append(index.add_constant("shape", target))
                 rewrites += 1
-    rewrites += _collapse_reshapes(model, index)
+    rewrites += _collapse_reshapes(model, index) + drop_squeeze_pairs(model)
     if sunk := sink_transposes_into_reductions(model):  # reduction outputs changed layout: shapes inferred again
         rewrites += sunk + _collapse_reshapes(model, _Graph(model))
     remove_dead_nodes(model)

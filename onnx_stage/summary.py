@@ -55,10 +55,12 @@ def run_summary(source: SourceModel, onnx_model: OnnxArtifacts, parity: ParityRe
                 twin: RegisteredTwin, variants: list[VariantOutcome] = (),
                 variant_twins: list[RegisteredTwin] = (), consumer_forms: list[tuple[str, str, str]] = ()) -> str:
     failed_routes = "".join(f"\n- route {r} failed: {why}" for r, why in onnx_model.route_failures.items())
+    optimisations = ", ".join(onnx_model.graph_optimizations) or "none kept"
     return "\n".join([
         f"# {source.ref.describe()} → {twin.uri}",
         f"Registered **{twin.name} version {twin.version}** (run `{twin.run_id}`), converted by route "
-        f"`{onnx_model.route}` at opset {onnx_model.opset} in {onnx_model.conversion_seconds:.1f} s.{failed_routes}",
+        f"`{onnx_model.route}` at opset {onnx_model.opset} in {onnx_model.conversion_seconds:.1f} s; graph "
+        f"optimisations: {optimisations}.{failed_routes}",
         f"\n## Parity (atol={parity.atol:g}, rtol={parity.rtol:g})", *parity_table(parity),
         "\n## Latency", *latency_table(bench),
         *([f"\nLatency distributions: `latency.png` in {twin.uri} (extra_files/), run `{twin.run_id}`."]

@@ -321,3 +321,25 @@ def test_recurrent_fusion_leaves_a_loop_that_stops_early() -> None:
     model = _tf2onnx_rnn_loop(steps=4, bound=3)
     assert graph_optimize.fuse_recurrent_loops(model) == 0
     assert "Loop" in _ops(model)
+
+
+def test_a_squeeze_unsqueeze_pair_around_an_activation_goes_and_a_zero_gemm_bias_too() -> None:
+    nodes = [helper.make_node("Squeeze", ["x", "axis2"], ["squeezed"]),  # tf2onnx's Conv1D: [N, C, 1, L] → [N, C, L]
+             helper.make_node("Relu", ["squeezed"], ["relu"]),
+             helper.make_node("Unsqueeze", ["relu", "axis2"], ["y"])]
+    model = _model(nodes, [_float("x", ["batch", 3, 1, 5])], [_float("y", ["batch", 3, 1, 5])],
+                   {"axis2": np.array([2], np.int64)})
+    x = RNG.standard_normal((2, 3, 1, 5)).astype(np.float32)
+    assert graph_optimize.drop_squeeze_pairs(model) == 0  # the Unsqueeze names a graph output: kept as it is
+    nodes.append(helper.make_node("Neg", ["y"], ["z"]))
+    model = _model(nodes, [_float("x", ["batch", 3, 1, 5])], [_float("z", ["batch", 3, 1, 5])],
+                   {"axis2": np.array([2], np.int64)})
+    assert graph_optimize.drop_squeeze_pairs(model) == 1
+    graph_optimize.remove_dead_nodes(model)
+    onnx.checker.check_model(model)
+    assert _ops(model) == ["Relu", "Neg"]
+    np.testing.assert_array_equal(_run(model, {"x": x})[0], -np.maximum(x, 0))
+
+    gemm = _model([helper.make_node("Gemm", ["a", "w", "c"], ["y"])], [_float("a", ["batch", 4])],
+                  [_float("y", ["batch", 2])], {"w": np.ones((4, 2), np.float32), "c": np.zeros(2, np.float32)})
+    assert remove_neutral_elementwise(gemm) == 1 and list(gemm.graph.node[0].input) == ["a", "w"]
