@@ -60,8 +60,10 @@ def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: 
         rows += [latency_stats(runtime, batch, [d for r in durations for d in r])
                  for runtime, durations in rounds[batch].items() if runtime != PLAIN]
     report = keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=tuned))
-    return {"name": name, "route": registered.route, "optimizations": registered.graph_optimizations, "tuned": tuned,
-            "options": report.session_options, "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs,
+    refused = {step: why for step, why in registered.graph_optimizations_refused.items() if why != "nothing to rewrite"}
+    return {"name": name, "route": registered.route, "optimizations": registered.graph_optimizations,
+            "refused": refused, "tuned": tuned, "options": report.session_options,
+            "registered": report.registered_runtime, "rounds": rounds, "screening_runs": config.screening_runs,
             "plain_failure": plain_failure}
 
 
@@ -78,7 +80,9 @@ def plain_tf2onnx(source: SourceModel, worker: KerasWorker, out_dir: Path,
 
 def render(result: dict) -> list[str]:
     lines = [f"{result['name']}  (stage route {result['route']}; graph optimisations kept: "
-             f"{', '.join(result['optimizations']) or 'none'}; screened {result['screening_runs']} runs/candidate; "
+             f"{', '.join(result['optimizations']) or 'none'}"
+             + "".join(f"; {step} refused: {why}" for step, why in result["refused"].items())
+             + f"; screened {result['screening_runs']} runs/candidate; "
              f"picked {result['tuned'] or 'default'}; registered with {result['options'] or 'default options'})"]
     for batch, rounds in result["rounds"].items():
         registered = rounds[result["registered"]]

@@ -542,11 +542,38 @@ def _carry_invariants_from_outside(graph: onnx.GraphProto, loop: onnx.NodeProto,
     return rewrites
 
 
+def _fresh(name: str, taken: set[str]) -> str:
+    """`name`, or `name/1`, `name/2`, … : the first not in `taken`."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}/{k}"
+    return candidate
+
+
+def _unshadow(body: onnx.GraphProto, outer: set[str], suffix: str) -> None:
+    """Rename the body's own values (node outputs, initializers) that reuse an outer name (tf2onnx gives the loops of a
+    Bidirectional layer's two directions the same body names): hoisted out, they would collide."""
+    for old in [o for n in body.node for o in n.output if o in outer] + [t.name for t in body.initializer
+                                                                        if t.name in outer]:
+        new = _fresh(f"{old}/{suffix}", outer)
+        _rename_uses(body, old, new)
+        for node in body.node:
+            node.output[:] = [new if o == old else o for o in node.output]
+        for tensor in body.initializer:
+            if tensor.name == old:
+                tensor.name = new
+        for output in body.output:
+            if output.name == old:
+                output.name = new
+
+
 def _hoist_invariants(graph: onnx.GraphProto, loop: onnx.NodeProto, body: onnx.GraphProto) -> int:
     """Body nodes that read only constants and outer values (a recurrent cell's bias split and squeezed every step)
     move in front of the loop: computed once instead of once per iteration."""
     taken = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node
                                                                                 for o in n.output}
+    _unshadow(body, taken, loop.name or loop.output[0])
     body_outputs = {o.name for o in body.output}
     body_constants = {t.name: t for t in body.initializer}
     hoisted = 0
@@ -638,21 +665,21 @@ def _project_inputs_before_loop(graph: onnx.GraphProto, loop: onnx.NodeProto, bo
             bias = next(i for i in add[0].input if i != matmul.output[0])
             if bias not in made_inside:
                 last, terms = add[0], [bias]
-        projected = f"{last.output[0]}/over_all_steps"
-        if projected in taken or f"{projected}/matmul" in taken:
-            continue
-        hoisted = [helper.make_node("MatMul", [step.input[0], weights], [projected if not terms else f"{projected}/matmul"])]
+        projected = _fresh(f"{last.output[0]}/over_all_steps", taken)
+        product = _fresh(f"{projected}/matmul", taken | {projected}) if terms else projected
+        hoisted = [helper.make_node("MatMul", [step.input[0], weights], [product])]
         if terms:
-            hoisted.append(helper.make_node("Add", [f"{projected}/matmul", terms[0]], [projected]))
+            hoisted.append(helper.make_node("Add", [product, terms[0]], [projected]))
         for node in hoisted:
             graph.node.insert(list(graph.node).index(loop), node)
         taken.update(o for n in hoisted for o in n.output)
+        stepped = _fresh(f"{last.output[0]}/step", taken | made_inside)
         body.node.insert(list(body.node).index(last), helper.make_node("Gather", [projected, step.input[1]],
-                                                                       [f"{last.output[0]}/step"], axis=0))
-        _rename_uses(body, last.output[0], f"{last.output[0]}/step")
+                                                                       [stepped], axis=0))
+        _rename_uses(body, last.output[0], stepped)
         for output in body.output:
             if output.name == last.output[0]:
-                output.name = f"{last.output[0]}/step"
+                output.name = stepped
         rewrites += 1
     return rewrites
 
@@ -850,19 +877,27 @@ def _recurrent_op(index: _Graph, loop: onnx.NodeProto) -> list[onnx.NodeProto] |
     cond_out, counter_out, h_out, scan = (o.name for o in body.output)
     b = _Body(graph, body)
     step_add = b.made_by(counter_out, "Add")
-    identity = b.made_by(h_out, "Identity")
+    new_h, identity = scan, None  # the state carried and the step's output: one value, or one an Identity of the other
+    if h_out != scan:
+        carried_copy, scanned_copy = b.made_by(h_out, "Identity"), b.made_by(scan, "Identity")
+        if carried_copy is not None and carried_copy.input[0] == scan:
+            identity = carried_copy
+        elif scanned_copy is not None and scanned_copy.input[0] == h_out:
+            new_h, identity = h_out, scanned_copy
+        else:
+            return None
     if cond_out != cond_in or step_add is None or counter not in step_add.input or \
             (one := b.const(next(i for i in step_add.input if i != counter))) is None or one.size != 1 or \
-            int(one.reshape(())) != 1 or (h_out != scan and (identity is None or identity.input[0] != scan)):
+            int(one.reshape(())) != 1:
         return None
     trip, go, start = (_folded(graph, name) for name in loop.input[:3])
     if trip is None or start is None or go is None or trip.size != 1 or int(start.reshape(())) != 0 or \
             not bool(go.reshape(())) or loop.output[0] in index.outputs or \
             any(loop.output[0] in n.input for n in graph.node):
         return None
-    kind, cell = "GRU", _match_gru_cell(b, h, scan)
+    kind, cell = "GRU", _match_gru_cell(b, h, new_h)
     if cell is None:
-        kind, cell = "RNN", _match_rnn_cell(b, h, scan)
+        kind, cell = "RNN", _match_rnn_cell(b, h, new_h)
     gather = b.made_by(cell["x"], "Gather") if cell is not None else None
     if gather is None or gather.input[1] != counter or any(a.name == "axis" and a.i != 0 for a in gather.attribute):
         return None

@@ -1,5 +1,6 @@
 """Graph optimisation steps (onnx_stage/graph_optimize.py): each rewrite keeps the model's outputs, removes what it
 says, leaves alone what it cannot prove; optimize_graph keeps a step only if parity holds and it measures faster."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,30 @@ def test_a_squeeze_unsqueeze_pair_around_an_activation_goes_and_a_zero_gemm_bias
     gemm = _model([helper.make_node("Gemm", ["a", "w", "c"], ["y"])], [_float("a", ["batch", 4])],
                   [_float("y", ["batch", 2])], {"w": np.ones((4, 2), np.float32), "c": np.zeros(2, np.float32)})
     assert remove_neutral_elementwise(gemm) == 1 and list(gemm.graph.node[0].input) == ["a", "w"]
+
+
+def test_recurrent_fusion_also_takes_the_scan_output_as_a_copy_of_the_state() -> None:
+    model = _tf2onnx_rnn_loop()  # h_scan = Identity(h_next): the other order tf2onnx writes
+    feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
+    expected = _run(model, feed)
+    assert graph_optimize.fuse_recurrent_loops(model) == 1
+    for got, want in zip(_run(model, feed), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_two_loops_with_the_same_body_names_are_both_simplified_and_fused() -> None:
+    model = _tf2onnx_rnn_loop()  # a Bidirectional layer's two directions: sibling loops, same names inside
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    twin = copy.deepcopy(loop)
+    twin.output[:] = [f"{name}_2" for name in loop.output]
+    model.graph.node.append(twin)
+    model.graph.node.append(helper.make_node("Add", ["h_final", "h_final_2"], ["both"]))
+    model.graph.output.append(_float("both", ["batch", 3]))
+    onnx.checker.check_model(model)
+    feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
+    expected = _run(model, feed)
+
+    assert graph_optimize.fuse_recurrent_loops(model) == 2
+    onnx.checker.check_model(model)
+    for got, want in zip(_run(model, feed), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
