@@ -13,6 +13,7 @@ from pydantic import Field
 from onnx_stage.config import StageConfig, load_config
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.lease import conversion_lease
+from onnx_stage.memory import bounded_heap
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
 from onnx_stage.tasks.benchmark import benchmark, gate_variant_speed
@@ -43,7 +44,8 @@ def convert_model(
     configure_tracking()
     ref = ModelRef(name=model_name, version=version, alias=alias, path=path)
     with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
-            KerasWorker(config.convert.timeout_seconds) as worker:
+            KerasWorker(config.convert.timeout_seconds) as worker, \
+            bounded_heap():  # fewer malloc arenas, free pages returned: for a worker running flow after flow
         work_dir = Path(scratch)
         warmed = warm_up_packaging.submit()  # runs while the child loads the model
         source = load(ref, worker, work_dir, config.convert.custom_object_modules)
