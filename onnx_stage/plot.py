@@ -3,17 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-
-from onnx_stage.records import BenchReport  # noqa: E402
+from onnx_stage.records import BenchReport
 
 
 def latency_plot(bench: BenchReport, path: Path, title: str) -> Path:
+    """Box plots of the latency samples per runtime, one panel per batch size, written to `path` (PNG).
+
+    A bare Figure, not pyplot: no process-wide figure registry (or GUI backend choice) in a long-lived worker; the
+    figure is freed with its last reference."""
     batch_sizes = sorted({row.batch_size for row in bench.rows})
-    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(4.5 * len(batch_sizes), 4), squeeze=False)
+    figure = Figure(figsize=(4.5 * len(batch_sizes), 4))
+    axes = figure.subplots(1, len(batch_sizes), squeeze=False)
     for axis, batch_size in zip(axes[0], batch_sizes):
         rows = [row for row in bench.rows if row.batch_size == batch_size]
         axis.boxplot([row.samples_ms for row in rows], showfliers=True, whis=(1, 99))
@@ -25,5 +27,4 @@ def latency_plot(bench: BenchReport, path: Path, title: str) -> Path:
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
