@@ -174,8 +174,10 @@ class LatencyStats(Record):
     throughput_per_s: float
     histogram_ms: dict[str, list[float]] = Field(
         default_factory=dict, description="Latency histogram: `edges` (ms, log-spaced) and `counts` per bin.")
-    samples_ms: list[float] = Field(default_factory=list, repr=False, exclude=True,
-                                    description="Every timed call (ms): for the latency plot; not in benchmark.json")
+    samples_ms: np.ndarray = Field(default_factory=lambda: np.empty(0), repr=False, exclude=True,
+                                   description="Every timed call (ms): for the latency plot; not in benchmark.json")
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # samples_ms: one array, not a list of float objects
 
 
 KERAS, ORT_DEFAULT, ORT_TUNED = "keras", "onnxruntime default", "onnxruntime tuned"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -10,11 +12,14 @@ import numpy as np
 from onnx_stage.records import LatencyStats
 
 
-def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_seconds: float) -> list[float]:
-    """Seconds per call: warm-up, then at least min_runs calls and at least min_seconds of timing."""
+def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_seconds: float) -> array:
+    """Seconds per call: warm-up, then at least min_runs calls and at least min_seconds of timing.
+
+    Kept as an array of doubles, not a list of Python floats: a fast model gives ~180,000 calls per contender, and a
+    million float objects a run left a long-lived worker's heap fragmented (benchmarks/worker_memory.py)."""
     for _ in range(warmup_runs):
         call()
-    durations: list[float] = []
+    durations = array("d")
     started = time.perf_counter()
     while len(durations) < min_runs or time.perf_counter() - started < min_seconds:
         before = time.perf_counter()
@@ -24,12 +29,12 @@ def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], warmup_runs: int, min_runs: int, min_seconds: float,
-                     rounds: int = 10) -> dict[str, list[float]]:
+                     rounds: int = 10) -> dict[str, array]:
     """time_calls for several contenders, alternating in rounds so that machine noise hits them alike."""
     for call in calls.values():
         for _ in range(warmup_runs):
             call()
-    durations: dict[str, list[float]] = {name: [] for name in calls}
+    durations = {name: array("d") for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             durations[name] += time_calls(call, 0, -(-min_runs // rounds), min_seconds / rounds)
@@ -39,7 +44,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], warmup_runs: int, m
 HISTOGRAM_BINS = 40
 
 
-def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> LatencyStats:
+def latency_stats(runtime: str, batch_size: int, durations_s: Sequence[float]) -> LatencyStats:
     milliseconds = np.asarray(durations_s) * 1e3
     p50, p95, p99 = np.percentile(milliseconds, [50, 95, 99])
     mean = float(milliseconds.mean())
@@ -47,7 +52,7 @@ def latency_stats(runtime: str, batch_size: int, durations_s: list[float]) -> La
     return LatencyStats(runtime=runtime, batch_size=batch_size, runs=len(milliseconds), p50_ms=float(p50),
                         p95_ms=float(p95), p99_ms=float(p99), mean_ms=mean, mean_ci95_ms=half_width,
                         throughput_per_s=batch_size * 1e3 / mean, histogram_ms=histogram(milliseconds),
-                        samples_ms=milliseconds.round(4).tolist())
+                        samples_ms=milliseconds.round(4))
 
 
 def histogram(milliseconds: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:

@@ -178,7 +178,7 @@ def register_twin(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifact
         mlflow.log_metrics(_metrics(parity, bench, onnx_model))
         mlflow.log_artifacts(str(model_dir), artifact_path="model")
         if config.benchmark.raw_samples:
-            mlflow.log_dict({f"{r.runtime} batch {r.batch_size}": r.samples_ms for r in bench.rows},
+            mlflow.log_dict({f"{r.runtime} batch {r.batch_size}": r.samples_ms.tolist() for r in bench.rows},
                             "benchmark_samples.json")
     name = twin_name(source, config)
     created = mlflow.register_model(f"runs:/{run.info.run_id}/model", name,
