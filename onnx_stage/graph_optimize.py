@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnx_stage.parity import close_enough
@@ -223,7 +224,6 @@ def probed_reshape_targets(model: onnx.ModelProto, reshapes: list[str]) -> dict[
     remove_dead_nodes(probe)
     runs = []
     try:
-        import onnxruntime as ort  # noqa: PLC0415 -- only this probe needs a session built from bytes
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         dtypes = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
         for rows, inner in ((2, 17), (3, 19)):
@@ -971,11 +971,11 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def parity_refusal(candidate: Path, cases: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> str | None:
-    """None when the candidate model computes `expected` (the unoptimised model's outputs) on every case within
-    MAX_ABS/MAX_REL; else why not (a session that fails to load or run counts as a refusal)."""
+def parity_refusal(session: ort.InferenceSession, cases: list[list[np.ndarray]],
+                   expected: list[list[np.ndarray]]) -> str | None:
+    """None when the candidate model's session computes `expected` (the unoptimised model's outputs) on every case
+    within MAX_ABS/MAX_REL; else why not (a case it fails to run counts as a refusal)."""
     try:
-        session = open_session(candidate)
         names = [i.name for i in session.get_inputs()]
         for arrays, wanted in zip(cases, expected):
             got = session.run(None, dict(zip(names, arrays)))
@@ -987,11 +987,12 @@ def parity_refusal(candidate: Path, cases: list[list[np.ndarray]], expected: lis
     return None
 
 
-def speed_ratio(baseline: Path, candidate: Path, timing_cases: list[list[np.ndarray]], seconds: float) -> float:
+def speed_ratio(baseline: ort.InferenceSession, candidate: ort.InferenceSession, timing_cases: list[list[np.ndarray]],
+                seconds: float) -> float:
     """Geometric mean over timing_cases of median(candidate) / median(baseline), timed interleaved with default
     session options (below 1: the candidate is faster), in about `seconds`: a case after the first whose one call
     takes more than an eighth of the budget is left out (MobileNetV2 at batch 16: the step is judged at batch 1)."""
-    sessions = {label: open_session(path) for label, path in (("baseline", baseline), ("candidate", candidate))}
+    sessions = {"baseline": baseline, "candidate": candidate}
     logs: list[float] = []
     for arrays in timing_cases:
         runners = {label: (lambda s, f: lambda: s.run(None, f))(session, dict(zip(
@@ -1030,10 +1031,9 @@ def optimize_graph(onnx_path: Path, steps: list[str], cases: list[list[np.ndarra
         return [], {step: "model has external data: not rewritten" for step in steps}
     work = onnx_path.parent / "graph_optimization"
     work.mkdir(exist_ok=True)
-    baseline = onnx_path
-    session = open_session(baseline)
-    names = [i.name for i in session.get_inputs()]
-    expected = [session.run(None, dict(zip(names, arrays))) for arrays in cases]
+    baseline, baseline_session = onnx_path, open_session(onnx_path)
+    names = [i.name for i in baseline_session.get_inputs()]
+    expected = [baseline_session.run(None, dict(zip(names, arrays))) for arrays in cases]
     kept, refused = [], {}
     for step in steps:
         candidate = copy.deepcopy(model)
@@ -1048,15 +1048,20 @@ def optimize_graph(onnx_path: Path, steps: list[str], cases: list[list[np.ndarra
             continue
         path = work / f"{step}.onnx"
         onnx.save(candidate, str(path))
-        if reason := parity_refusal(path, cases, expected):
+        try:
+            session = open_session(path)
+        except Exception as error:  # noqa: BLE001 -- onnxruntime's pybind errors: the step is refused, saying why
+            refused[step] = f"onnxruntime refuses the rewritten model: {str(error).strip().splitlines()[0][:160]}"
+            continue
+        if reason := parity_refusal(session, cases, expected):
             refused[step] = reason
             continue
-        ratio = speed_ratio(baseline, path, timing_cases(cases), seconds)
+        ratio = speed_ratio(baseline_session, session, timing_cases(cases), seconds)
         if ratio >= 1.0:
             refused[step] = f"not faster ({ratio:.3f}x the time)"
             continue
         kept.append(f"{step}({rewrites})")
-        model, baseline = candidate, path
+        model, baseline, baseline_session = candidate, path, session
     if kept:
         shutil.copyfile(baseline, onnx_path)
     shutil.rmtree(work, ignore_errors=True)
