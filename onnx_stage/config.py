@@ -41,11 +41,14 @@ class ConvertConfig(_Section):
         default_factory=lambda: ["neutral_elementwise", "shape_simplification", "layer_norm_fusion",
                                  "loop_simplification", "recurrent_fusion", "global_pooling"],
         description="Rewrites of the converted graph (onnx_stage/graph_optimize.py), tried in order; each is kept "
-                    "only if the model still computes the same outputs on the validation inputs and is measured "
-                    "faster. [] registers the converter's graph as it is.",
+                    "only if the model still computes the same outputs on the validation inputs (and, with "
+                    "graph_optimization_seconds > 0, is measured faster). [] registers the converter's graph as it is.",
     )
     graph_optimization_seconds: float = Field(
-        1.0, gt=0, description="Timing per optimisation step (unoptimised vs optimised model, interleaved).")
+        0.0, ge=0, description="Time each kept step against the model before it (interleaved, this many seconds) and "
+                               "keep it only if faster. 0: no timing per conversion (each step was measured faster "
+                               "on the benchmark models by benchmarks/onnx_vs_keras.py; a 1 s gate adds 1-4 s to a "
+                               "conversion and refuses good steps when the machine is busy).")
 
 
 class Tolerance(_Section):

@@ -177,6 +177,18 @@ def test_optimize_graph_refuses_a_step_measured_slower(tmp_path: Path, monkeypat
     assert path.read_bytes() == original
 
 
+def test_without_a_timing_budget_a_step_that_holds_parity_is_kept_untimed(tmp_path: Path, monkeypatch) -> None:
+    path = _zero_bias_model(tmp_path / "model.onnx")
+
+    def never_timed(*args: object) -> float:
+        raise AssertionError("speed_ratio called with graph_optimization_seconds = 0")
+    monkeypatch.setattr(graph_optimize, "speed_ratio", never_timed)
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0)
+
+    assert kept == ["neutral_elementwise(1)"] and refused == {}
+
+
 def test_optimize_graph_refuses_a_step_that_changes_outputs(tmp_path: Path, monkeypatch) -> None:
     path = _zero_bias_model(tmp_path / "model.onnx")
 
