@@ -1,5 +1,6 @@
-"""Graph optimisation steps (onnx_stage/graph_optimize.py): each rewrite keeps the model's outputs, removes what it
-says, leaves alone what it cannot prove; optimize_graph keeps a step only if parity holds and it measures faster."""
+"""Graph optimisation steps (onnx_stage/graph_passes/) and their gate (onnx_stage/graph_optimize.py): each rewrite
+keeps the model's outputs, removes what it says, leaves alone what it cannot prove; optimize_graph keeps a step only
+if parity holds and it measures faster."""
 import copy
 from pathlib import Path
 
@@ -10,8 +11,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage import graph_optimize
-from onnx_stage.graph_optimize import (fuse_layer_norm, optimize_graph, remove_neutral_elementwise, simplify_shapes,
-                                       timing_cases)
+from onnx_stage.graph_optimize import optimize_graph, timing_cases
+from onnx_stage.graph_passes.global_pooling import use_global_pooling
+from onnx_stage.graph_passes.graph_index import remove_dead_nodes
+from onnx_stage.graph_passes.layer_norm_fusion import fuse_layer_norm
+from onnx_stage.graph_passes.loop_simplification import simplify_loops
+from onnx_stage.graph_passes.neutral_elementwise import remove_neutral_elementwise
+from onnx_stage.graph_passes.recurrent_fusion import fuse_recurrent_loops
+from onnx_stage.graph_passes.shape_simplification import (drop_squeeze_pairs, simplify_shapes,
+                                                          sink_transposes_into_reductions)
 
 RNG = np.random.default_rng(0)
 
@@ -255,7 +263,7 @@ def test_loop_simplification_keeps_outputs_and_leaves_only_the_cell_in_the_body(
     feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
     expected = _run(model, feed)
 
-    assert graph_optimize.simplify_loops(model) == 5  # 2 carried weights, 1 hoisted, 1 projection, 1 condition
+    assert simplify_loops(model) == 5  # 2 carried weights, 1 hoisted, 1 projection, 1 condition
     onnx.checker.check_model(model)
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     assert len(loop.input) == 4 and len(loop.output) == 3  # the weights are read from outside
@@ -266,7 +274,7 @@ def test_loop_simplification_keeps_outputs_and_leaves_only_the_cell_in_the_body(
 
 def test_loop_condition_that_can_end_the_loop_early_is_kept() -> None:
     model = _tf2onnx_rnn_loop(steps=4, bound=3)  # stops after 3 steps: the condition matters
-    assert graph_optimize.simplify_loops(model) == 4
+    assert simplify_loops(model) == 4
     body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
     assert "And" in [n.op_type for n in body.node]
 
@@ -282,8 +290,8 @@ def test_a_transpose_before_a_pooling_head_sinks_into_the_reduction() -> None:
     x = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32) * 5
     expected = _run(model, {"x": x})[0]
 
-    assert graph_optimize.sink_transposes_into_reductions(model) == 1
-    graph_optimize.remove_dead_nodes(model)
+    assert sink_transposes_into_reductions(model) == 1
+    remove_dead_nodes(model)
     onnx.checker.check_model(model)
     assert _ops(model) == ["Mul", "Clip", "ReduceMean"]
     np.testing.assert_allclose(_run(model, {"x": x})[0], expected, atol=1e-6)
@@ -293,7 +301,7 @@ def test_a_transpose_whose_kept_axes_change_order_is_not_sunk() -> None:
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
              helper.make_node("ReduceSum", ["t", "axes"], ["y"], keepdims=0)]
     model = _model(nodes, [_float("x", [2, 3, 4])], [_float("y", [4, 3])], {"axes": np.array([0], np.int64)})
-    assert graph_optimize.sink_transposes_into_reductions(model) == 0
+    assert sink_transposes_into_reductions(model) == 0
 
 
 @pytest.mark.parametrize("keepdims", [1, 0])
@@ -303,13 +311,13 @@ def test_a_spatial_mean_becomes_global_average_pooling(keepdims: int) -> None:
     x = RNG.standard_normal((2, 4, 5, 6)).astype(np.float32)
     expected = _run(model, {"x": x})[0]
 
-    assert graph_optimize.use_global_pooling(model) == 1
+    assert use_global_pooling(model) == 1
     onnx.checker.check_model(model)
     assert _ops(model) == (["GlobalAveragePool"] if keepdims else ["GlobalAveragePool", "Flatten"])
     np.testing.assert_allclose(_run(model, {"x": x})[0], expected, atol=1e-6)
     not_spatial = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 2], keepdims=1)],
                          [_float("x", ["batch", 4, 5, 6])], [_float("y", ["batch", 1, 1, 6])], {})
-    assert graph_optimize.use_global_pooling(not_spatial) == 0
+    assert use_global_pooling(not_spatial) == 0
 
 
 def test_recurrent_fusion_turns_a_simple_rnn_loop_into_one_rnn_node() -> None:
@@ -323,7 +331,7 @@ def test_recurrent_fusion_turns_a_simple_rnn_loop_into_one_rnn_node() -> None:
     feed = {"x": RNG.standard_normal((3, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((3, 3)).astype(np.float32)}
     expected = _run(model, feed)
 
-    assert graph_optimize.fuse_recurrent_loops(model) == 1
+    assert fuse_recurrent_loops(model) == 1
     onnx.checker.check_model(model)
     assert "Loop" not in _ops(model) and "RNN" in _ops(model)
     for got, want in zip(_run(model, feed), expected):
@@ -332,7 +340,7 @@ def test_recurrent_fusion_turns_a_simple_rnn_loop_into_one_rnn_node() -> None:
 
 def test_recurrent_fusion_leaves_a_loop_that_stops_early() -> None:
     model = _tf2onnx_rnn_loop(steps=4, bound=3)
-    assert graph_optimize.fuse_recurrent_loops(model) == 0
+    assert fuse_recurrent_loops(model) == 0
     assert "Loop" in _ops(model)
 
 
@@ -343,12 +351,12 @@ def test_a_squeeze_unsqueeze_pair_around_an_activation_goes_and_a_zero_gemm_bias
     model = _model(nodes, [_float("x", ["batch", 3, 1, 5])], [_float("y", ["batch", 3, 1, 5])],
                    {"axis2": np.array([2], np.int64)})
     x = RNG.standard_normal((2, 3, 1, 5)).astype(np.float32)
-    assert graph_optimize.drop_squeeze_pairs(model) == 0  # the Unsqueeze names a graph output: kept as it is
+    assert drop_squeeze_pairs(model) == 0  # the Unsqueeze names a graph output: kept as it is
     nodes.append(helper.make_node("Neg", ["y"], ["z"]))
     model = _model(nodes, [_float("x", ["batch", 3, 1, 5])], [_float("z", ["batch", 3, 1, 5])],
                    {"axis2": np.array([2], np.int64)})
-    assert graph_optimize.drop_squeeze_pairs(model) == 1
-    graph_optimize.remove_dead_nodes(model)
+    assert drop_squeeze_pairs(model) == 1
+    remove_dead_nodes(model)
     onnx.checker.check_model(model)
     assert _ops(model) == ["Relu", "Neg"]
     np.testing.assert_array_equal(_run(model, {"x": x})[0], -np.maximum(x, 0))
@@ -362,7 +370,7 @@ def test_recurrent_fusion_also_takes_the_scan_output_as_a_copy_of_the_state() ->
     model = _tf2onnx_rnn_loop()  # h_scan = Identity(h_next): the other order tf2onnx writes
     feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
     expected = _run(model, feed)
-    assert graph_optimize.fuse_recurrent_loops(model) == 1
+    assert fuse_recurrent_loops(model) == 1
     for got, want in zip(_run(model, feed), expected):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
@@ -379,7 +387,7 @@ def test_two_loops_with_the_same_body_names_are_both_simplified_and_fused() -> N
     feed = {"x": RNG.standard_normal((2, 4, 2)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
     expected = _run(model, feed)
 
-    assert graph_optimize.fuse_recurrent_loops(model) == 2
+    assert fuse_recurrent_loops(model) == 2
     onnx.checker.check_model(model)
     for got, want in zip(_run(model, feed), expected):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
