@@ -40,7 +40,7 @@ class ConvertConfig(_Section):
     graph_optimizations: list[GraphOptimization] = Field(
         default_factory=lambda: ["neutral_elementwise", "shape_simplification", "layer_norm_fusion",
                                  "loop_simplification", "recurrent_fusion", "global_pooling"],
-        description="Rewrites of the converted graph (onnx_stage/graph_optimize.py), tried in order; each is kept "
+        description="Rewrites of the converted graph (onnx_stage/graph_passes/), tried in order; each is kept "
                     "only if the model still computes the same outputs on the validation inputs (and, with "
                     "graph_optimization_seconds > 0, is measured faster). [] registers the converter's graph as it is.",
     )
