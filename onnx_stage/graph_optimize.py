@@ -2,8 +2,8 @@
 PASSES) one by one and keeps each only if it proves itself.
 
 A step is kept only if the model it makes computes the unoptimised model's outputs on every validation case
-(`MAX_ABS`/`MAX_REL`, far inside validation's tolerances) and is measured faster in interleaved timing; the result
-says which steps were kept and why the others were not.
+(`MAX_ABS`/`MAX_REL`, far inside validation's tolerances) and, when `convert.graph_optimization_seconds` > 0, is
+measured faster in interleaved timing; the result says which steps were kept and why the others were not.
 """
 from __future__ import annotations
 
