@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
+from deployments.servers import warm_worker
 from deployments.stack import BIN, Health, Stack, StackError
 from onnx_stage.tracking import stage_home
 
@@ -179,9 +180,11 @@ class ProductionStack(Stack):
         if name == "prefect":
             return self.nginx_command(), {}, f"{self.prefect_api}/health"
         if name.startswith("worker-"):
-            command = [str(BIN / "prefect"), "worker", "start", "--pool", "onnx-stage", "--type", "process",
-                       "--name", f"onnx-stage-{name}", "--limit", str(WORKER_FLOW_RUN_LIMIT), "--with-healthcheck"]
-            env = {**self.client_env(), "PREFECT_HOME": str(self.state_dir / f"prefect-{name}"),
+            command, engine_env = warm_worker(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "onnx-stage", "--type", "process",
+                 "--name", f"onnx-stage-{name}", "--limit", str(WORKER_FLOW_RUN_LIMIT), "--with-healthcheck"],
+                self.state_dir, name)
+            env = {**self.client_env(), **engine_env, "PREFECT_HOME": str(self.state_dir / f"prefect-{name}"),
                    "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(self.port(name)),
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
             return command, env, f"http://127.0.0.1:{self.port(name)}/health"

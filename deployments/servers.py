@@ -1,11 +1,13 @@
 """Start real local servers (mlflow server, prefect server) on 127.0.0.1, for tests, benchmarks and the stack."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -131,3 +133,15 @@ def prefect_server(state_dir: Path, port: int | None = None) -> Iterator[str]:
     with running(prefect_server_command(port), f"{env['PREFECT_API_URL']}/health", state_dir / "prefect-server.log",
                  env, timeout_seconds=180):
         yield env["PREFECT_API_URL"]
+
+
+def warm_worker(worker_command: list[str], state_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
+    """A process worker run under the stage's warm engine (flows/warm_engine.py): the command, and the environment
+    the deployments' flow-run command `python -m onnx_stage.flows.engine_client` needs (this environment's python
+    first on PATH, as in an activated virtual environment)."""
+    # A Unix socket path holds at most 107 bytes; a stack's state directory can be deeper than that
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    socket_path = Path(tempfile.gettempdir()) / f"onnx-stage-{digest}-{name}.sock"
+    command = [sys.executable, "-m", "onnx_stage.flows.warm_engine", "--socket", str(socket_path), "--",
+               *worker_command]
+    return command, {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}

@@ -21,7 +21,7 @@ from typing import Callable, ClassVar
 
 from deployments.servers import (
     BIN, MLFLOW_SERVER_ENV, launch, mlflow_server_command, prefect_server_command, prefect_server_env, stop_group,
-    wait_until_healthy,
+    wait_until_healthy, warm_worker,
 )
 from onnx_stage.tracking import stage_home
 
@@ -102,9 +102,10 @@ class Stack:
             env = prefect_server_env(self.state_dir / "prefect", self.prefect_port)
             return prefect_server_command(self.prefect_port), env, f"{self.prefect_api}/health"
         if name == "worker":
-            command = [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
-                       "--name", f"{WORK_POOL}-worker", "--with-healthcheck"]
-            env = {**self.client_env(), "PREFECT_HOME": str(self.state_dir / "prefect"),
+            command, engine_env = warm_worker(
+                [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
+                 "--name", f"{WORK_POOL}-worker", "--with-healthcheck"], self.state_dir, name)
+            env = {**self.client_env(), **engine_env, "PREFECT_HOME": str(self.state_dir / "prefect"),
                    "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(self.worker_port),
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
             return command, env, f"http://127.0.0.1:{self.worker_port}/health"

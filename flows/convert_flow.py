@@ -44,7 +44,7 @@ def convert_model(
     configure_tracking()
     ref = ModelRef(name=model_name, version=version, alias=alias, path=path)
     with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
-            KerasWorker(config.convert.timeout_seconds) as worker, \
+            KerasWorker.open(config.convert.timeout_seconds) as worker, \
             bounded_heap():  # fewer malloc arenas, free pages returned: for a worker running flow after flow
         work_dir = Path(scratch)
         warmed = warm_up_packaging.submit()  # runs while the child loads the model

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 KERAS_OPERATIONS = "onnx_stage.keras_ops"
 COMMON_OPERATIONS = "onnx_stage.consumer"  # served for every source kind: source_answers (the source's own pyfunc)
@@ -47,6 +47,24 @@ class KerasWorker:
 
     # A child that dies after its model loaded is replaced (the model loaded again) at most this often per worker
     RESPAWNS = 3
+    _prestarted: ClassVar["KerasWorker | None"] = None  # this process's child started ahead of its flow run
+
+    @classmethod
+    def prestart(cls, timeout_seconds: float) -> None:
+        """Start a Keras child now for this process's next open(): a warm engine's ready process
+        (flows/warm_engine.py) pays TensorFlow's ~3 s import before its flow run arrives."""
+        cls._prestarted = cls(timeout_seconds)
+
+    @classmethod
+    def open(cls, timeout_seconds: float) -> "KerasWorker":
+        """The child prestart() started, if it is still alive, with this timeout; else a new one."""
+        worker, cls._prestarted = cls._prestarted, None
+        if worker is not None and worker._process.poll() is None:
+            worker.timeout_seconds = timeout_seconds
+            return worker
+        if worker is not None:
+            worker.close()
+        return cls(timeout_seconds)
 
     def __init__(self, timeout_seconds: float, operations: str = KERAS_OPERATIONS) -> None:
         self.timeout_seconds = timeout_seconds

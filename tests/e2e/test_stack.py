@@ -68,6 +68,8 @@ def test_new_version_gets_its_twin_and_the_twin_starts_nothing(stack: Stack) -> 
         time.sleep(2)
     assert [(r.parameters["version"], r.state.is_completed()) for r in runs] == [(version, True)]
     assert twin
+    # the worker runs under the warm engine: the run started in a process that had imported everything already
+    assert f"flow run {runs[0].id} handed to ready process" in service_log(stack, "worker")
 
 
 def test_version_missed_while_the_bridge_was_down_is_converted_by_a_sweep(stack: Stack) -> None:
