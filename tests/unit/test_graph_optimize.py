@@ -211,6 +211,34 @@ def test_optimize_graph_refuses_a_step_that_changes_outputs(tmp_path: Path, monk
     assert kept == [] and refused["neutral_elementwise"].startswith("changes output 'y'")
 
 
+def test_untimed_steps_are_checked_together_once_and_one_by_one_only_when_that_fails(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    path = _zero_bias_model(tmp_path / "model.onnx")
+    sessions: list[str] = []
+    opened = graph_optimize.open_session
+    monkeypatch.setattr(graph_optimize, "open_session", lambda p: sessions.append(Path(p).name) or opened(p))
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0)
+
+    assert kept == ["neutral_elementwise(1)"] and refused == {"shape_simplification": "nothing to rewrite"}
+    assert sessions == ["model.onnx", "combined.onnx"]  # the unoptimised model, then every kept step at once
+
+    def breaks_the_model(model: onnx.ModelProto) -> int:
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((8, 8), np.float32), "w"))
+        return 1
+    path = _zero_bias_model(tmp_path / "again.onnx")
+    monkeypatch.setitem(graph_optimize.PASSES, "global_pooling", breaks_the_model)
+    sessions.clear()
+
+    kept, refused = optimize_graph(path, ["neutral_elementwise", "global_pooling"], _cases(), 0)
+
+    assert kept == ["neutral_elementwise(1)"] and refused["global_pooling"].startswith("changes output 'y'")
+    assert sessions == ["again.onnx", "combined.onnx", "neutral_elementwise.onnx", "global_pooling.onnx"]
+    optimized = onnx.load(str(path))
+    assert _ops(optimized) == ["MatMul"]  # the good step's model, not the broken one
+    assert not np.all(numpy_helper.to_array(optimized.graph.initializer[0]) == 1)
+
+
 def test_timing_cases_are_the_smallest_and_largest_batch_up_to_32() -> None:
     cases = [[np.zeros((n, 2))] for n in (1, 256, 16, 1)]
     assert [len(c[0]) for c in timing_cases(cases)] == [1, 16]
