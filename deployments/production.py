@@ -42,7 +42,7 @@ APT_PROGRAMS = {"postgresql-15": POSTGRES_BIN / "initdb", "redis-server": Path("
                 "nginx-light": Path("/usr/sbin/nginx")}
 PORT_OFFSETS = {"postgres": 0, "redis": 1, "s3": 2, "mlflow": 3, "prefect": 4, "prefect-api-1": 5, "prefect-api-2": 6,
                 "bridge": 7, "worker-1": 8, "worker-2": 9, "weed-master": 10, "weed-volume": 11, "weed-filer": 12,
-                "weed-admin": 13, "weed-s3-grpc": 14, "weed-metrics": 15}
+                "weed-admin": 13, "weed-s3-grpc": 14, "weed-metrics": 15, "mlflow-server": 16}
 
 
 def tcp_open(port: int) -> bool:
@@ -79,7 +79,7 @@ def missing_programs() -> list[str]:
 class ProductionStack(Stack):
     base_port: int = 15400
     services: ClassVar[tuple[str, ...]] = (
-        "postgres", "s3", "redis", "mlflow", "prefect-api-1", "prefect-api-2", "prefect-services", "prefect",
+        "postgres", "s3", "redis", "mlflow", "mlflow-proxy", "prefect-api-1", "prefect-api-2", "prefect-services", "prefect",
         *(f"worker-{n}" for n in range(1, WORKERS + 1)), "bridge")
 
     @classmethod
@@ -170,7 +170,9 @@ class ProductionStack(Stack):
                        "--save", "", "--appendonly", "no", "--dir", str(self.state_dir)]
             return command, {}, lambda: tcp_open(self.port("redis"))
         if name == "mlflow":
-            return self.mlflow_command(), self.mlflow_env(), f"{self.mlflow_uri}/health"
+            return self.mlflow_command(), self.mlflow_env(), f"http://127.0.0.1:{self.port('mlflow-server')}/health"
+        if name == "mlflow-proxy":
+            return self.mlflow_proxy_command(), {}, f"{self.mlflow_uri}/health"
         if name.startswith("prefect-api-"):
             port = self.port(name)
             command = [str(BIN / "prefect"), "server", "start", "--no-services", "--host", "127.0.0.1",
@@ -200,8 +202,8 @@ class ProductionStack(Stack):
             return str(self.postgres_dir).encode() in joined and b"postgres" in joined
         if name == "redis":
             return f"127.0.0.1:{self.port('redis')}".encode() in joined and b"redis-server" in joined
-        if name == "prefect":
-            return str(self.nginx_dir).encode() in joined and b"nginx" in joined
+        if name in ("prefect", "mlflow-proxy"):
+            return str(self.nginx_config(name)).encode() in joined and b"nginx" in joined
         return super().runs_service(name, cmdline)
 
     def start(self, name: str, timeout_seconds: float = 180) -> None:
@@ -314,7 +316,7 @@ class ProductionStack(Stack):
 
     # MLflow -----------------------------------------------------------------------------------------------------
     def mlflow_command(self) -> list[str]:
-        return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
+        return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port("mlflow-server")),
                 "--workers", "2", "--app-name", "basic-auth", "--serve-artifacts",
                 "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts"]
 
@@ -406,33 +408,21 @@ class ProductionStack(Stack):
         if result.returncode:
             raise StackError(f"prefect server database upgrade failed; see {log}")
 
-    @property
-    def nginx_dir(self) -> Path:
-        return self.state_dir / "nginx"
+    def nginx_config(self, name: str) -> Path:
+        return self.state_dir / ("nginx" if name == "prefect" else f"nginx-{name}") / "nginx.conf"
 
     def nginx_command(self) -> list[str]:
         """nginx in front of the API replicas; websockets (events) pass through; a dead replica is skipped."""
-        for sub in ("logs", "tmp"):
-            (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
         replicas = "\n".join(f"    server 127.0.0.1:{self.port(f'prefect-api-{n}')} max_fails=1 fail_timeout=5s;"
                              for n in (1, 2))
-        temp = self.nginx_dir / "tmp"
-        (self.nginx_dir / "nginx.conf").write_text(f"""{'user root;' if os.geteuid() == 0 else ''}
-worker_processes 1;
-pid {self.nginx_dir / 'nginx.pid'};
-error_log {self.nginx_dir / 'logs' / 'error.log'} warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log {self.nginx_dir / 'logs' / 'access.log'};
-  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fastcgi;
-  uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
-  client_max_body_size 64m;
+        return self.nginx("prefect", f"""
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   upstream prefect_api {{
 {replicas}
   }}
   server {{
     listen 127.0.0.1:{self.prefect_port};
+    client_max_body_size 64m;
     location / {{
       proxy_pass http://prefect_api;
       proxy_http_version 1.1;
@@ -443,11 +433,46 @@ http {{
       proxy_read_timeout 3600s;
       proxy_next_upstream error timeout http_502 http_503 non_idempotent;
     }}
-  }}
+  }}""")
+
+    def mlflow_proxy_command(self) -> list[str]:
+        """nginx in front of the MLflow server, as MLflow runs behind a reverse proxy in production (TLS ends there).
+        It also keeps `--workers 2` fast: uvicorn's multi-worker listener leaves Nagle's algorithm on (uvicorn issue
+        #3149), so every request on a kept-alive connection waited ~40 ms for the client's delayed ACK (measured:
+        48 ms for GET /version, 5 ms through a fresh connection); nginx answers clients with TCP_NODELAY and talks to
+        MLflow on fresh connections. Artifacts stream through unbuffered, any size."""
+        return self.nginx("mlflow-proxy", f"""
+  server {{
+    listen 127.0.0.1:{self.mlflow_port};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    location / {{
+      proxy_pass http://127.0.0.1:{self.port('mlflow-server')};
+      proxy_set_header Host $host;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }}
+  }}""")
+
+    def nginx(self, name: str, servers: str) -> list[str]:
+        """Write service `name`'s nginx.conf around `servers` (the http block's body); its command."""
+        config = self.nginx_config(name)
+        temp = config.parent / "tmp"
+        for folder in (config.parent / "logs", temp):
+            folder.mkdir(parents=True, exist_ok=True)
+        config.write_text(f"""{'user root;' if os.geteuid() == 0 else ''}
+worker_processes 1;
+pid {config.parent / 'nginx.pid'};
+error_log {config.parent / 'logs' / 'error.log'} warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log {config.parent / 'logs' / 'access.log'};
+  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fastcgi;
+  uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;{servers}
 }}
 """)
-        return ["/usr/sbin/nginx", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf"),
-                "-g", "daemon off;"]
+        return ["/usr/sbin/nginx", "-p", str(config.parent), "-c", str(config), "-g", "daemon off;"]
 
     # The whole stack --------------------------------------------------------------------------------------------
     def up(self) -> None:
@@ -460,6 +485,7 @@ http {{
         self.start("s3")
         self.start("redis")
         self.start("mlflow", timeout_seconds=300)  # the first start migrates two fresh databases
+        self.start("mlflow-proxy")
         self.ensure_stage_user()
         with self.as_admin():
             self.register_webhook()
