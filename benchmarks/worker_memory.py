@@ -15,6 +15,14 @@ and its thread and open-file counts. It prints them per run and
 Setup, not measured: a real `mlflow server` and `prefect server` on 127.0.0.1 (deployments.servers) with their state
 in a temp dir, the model trained and registered under N names in another child. `--tracemalloc` also prints the
 Python allocation sites that grew most between run 1 and run N (slower: tracemalloc hooks every allocation).
+
+`--stack` measures the worker the stack runs instead: the local stack (deployments/stack.py, free ports, a temp dir),
+the N versions registered one at a time, each converted through webhook → Prefect trigger → process worker under the
+warm engine (each flow run in its own process, as a process worker runs them). After each twin is complete and the
+machine idle, it records the resident memory of the worker service's long-lived processes: the warm engine, the
+Prefect worker, and the ready process waiting for the next run with its Keras child, and prints
+
+    stack worker memory ratio (after run N / after run 1): X   (target ≤ 1.10)
 """
 from __future__ import annotations
 
@@ -31,11 +39,14 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 TARGET = 1.10
 
 
 def child_prepare(stamp: str, runs: int, out: Path) -> None:
-    """Train the demo MLP once, register its MLflow model under `runs` fresh names (version 1 each)."""
+    """Train the demo MLP once, register its MLflow model under `runs` fresh names (version 1 each); with runs = 0,
+    write only the run id."""
     import mlflow
 
     from onnx_stage.flows.train_demo import train_and_log
@@ -44,6 +55,9 @@ def child_prepare(stamp: str, runs: int, out: Path) -> None:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     use_experiment("worker-memory-bench")
     run_id, _ = train_and_log(epochs=5, seed=0)
+    if not runs:  # --stack registers the versions itself, one at a time
+        out.write_text(json.dumps({"run_id": run_id}))
+        return
     names = [f"wm-mlp-{stamp}-{index}" for index in range(runs)]
     for name in names:
         mlflow.register_model(f"runs:/{run_id}/model", name)
@@ -124,9 +138,61 @@ def run_child(args: list[str], env: dict[str, str], log: Path, timeout: float, e
                                + "\n".join(log.read_text().strip().splitlines()[-15:]))
 
 
+def stack_worker(runs: int) -> int:
+    """--stack: the local stack's worker converts `runs` fresh versions one after another; its memory after each."""
+    import mlflow
+    import psutil
+    from mlflow import MlflowClient
+
+    from time_to_twin import start_stack, wait_until_idle
+
+    began, home = time.perf_counter(), Path(tempfile.mkdtemp(prefix="worker-memory-stack-"))
+    stack = start_stack("local", home)
+    try:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        run_child(["_prepare", stamp, "0", str(home / "names.json")], env, home / "prepare.log", 900)
+        run_id = json.loads((home / "names.json").read_text())["run_id"]
+        print(f"local stack up, digits MLP trained ({time.perf_counter() - began:.0f} s); {runs} versions registered "
+              "one at a time, each converted by the stack's worker", flush=True)
+        client, rows = MlflowClient(), []
+        for index in range(runs):
+            name = f"wm-stack-{stamp}-{index}"
+            started = time.monotonic()
+            mlflow.register_model(f"runs:/{run_id}/model", name)
+            while not client.search_model_versions(f"name='{name}-onnx' and tags.`onnx_stage.complete`='true'"):
+                if time.monotonic() - started > 600:
+                    raise RuntimeError(f"no complete twin of {name} after 600 s; see {home}/stack/logs")
+                time.sleep(0.5)
+            seconds = time.monotonic() - started
+            wait_until_idle()  # the run's process has ended and the next ready process has imported
+            worker = psutil.Process(stack.running_pid("worker"))
+            roles = {"engine": _rss(worker), "prefect worker": 0, "ready process": 0, "keras child": 0, "other": 0}
+            for process in worker.children(recursive=True):
+                command = " ".join(process.cmdline())
+                role = ("prefect worker" if "worker start" in command else "ready process" if "--ready" in command
+                        else "keras child" if "onnx_stage.keras_worker" in command else "other")
+                roles[role] += _rss(process)
+            rows.append(roles)
+            print(f"  run {index + 1:>2}: twin after {seconds:5.1f} s; " + ", ".join(
+                f"{role} {rss / 2**20:.0f} MiB" for role, rss in roles.items() if rss), flush=True)
+    finally:
+        stack.down()
+    totals = [sum(row.values()) for row in rows]
+    ratio = totals[-1] / totals[0]
+    print(f"\nworker service (engine + Prefect worker + ready process + its Keras child) after run 1: "
+          f"{totals[0] / 2**20:.0f} MiB; after run {runs}: {totals[-1] / 2**20:.0f} MiB; max {max(totals) / 2**20:.0f} MiB")
+    for role in rows[0]:
+        print(f"  {role}: {rows[0][role] / 2**20:.0f} → {rows[-1][role] / 2**20:.0f} MiB")
+    print(f"stack worker memory ratio (after run {runs} / after run 1): {ratio:.3f}  (target ≤ {TARGET:.2f})  "
+          f"{'PASS' if ratio <= TARGET else 'FAIL'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="conversions in a row (default 20)")
+    parser.add_argument("--stack", action="store_true", help="the local stack's worker (warm engine) instead")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override for every run, e.g. benchmark.min_seconds=0.2 (repeatable)")
     parser.add_argument("--tracemalloc", action="store_true", help="print the allocation sites that grew most")
@@ -134,6 +200,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 2:
         parser.error("--runs must be at least 2")
+    if args.stack:
+        return stack_worker(args.runs)
 
     from deployments.servers import mlflow_server, prefect_server
 

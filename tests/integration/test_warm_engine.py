@@ -44,14 +44,18 @@ def engine(prefect: None, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Pa
 
 
 def client_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
+    """The worker's environment (pytest's per-phase variable left out: a worker's does not change between runs)."""
+    worker = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
+    return {**worker, "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
 
 
-def start_client(deployment: str, report: Path, socket_path: Path | str, **parameters: object) -> subprocess.Popen:
-    """What a process worker does for a flow run of a deployment whose command is the stage's engine client."""
+def start_client(deployment: str, report: Path, socket_path: Path | str, run_env: dict[str, str] | None = None,
+                 **parameters: object) -> subprocess.Popen:
+    """What a process worker does for a flow run of a deployment whose command is the stage's engine client: the
+    worker's environment (here the engine's), the flow run's id, and the deployment's own variables (`run_env`)."""
     flow_run = run_deployment(deployment, parameters={"report": str(report), **parameters}, timeout=0)
     env = client_env(PREFECT__FLOW_RUN_ID=str(flow_run.id), ONNX_STAGE_ENGINE_SOCKET=str(socket_path),
-                     ENGINE_TEST_MARKER="from-the-worker")
+                     **(run_env or {}))
     process = subprocess.Popen([sys.executable, "-m", "onnx_stage.flows.engine_client"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     process.flow_run_id = flow_run.id  # type: ignore[attr-defined]
@@ -72,12 +76,25 @@ def test_a_handed_over_run_runs_in_the_ready_process_as_the_worker_started_it(
     report = json.loads((tmp_path / "report.json").read_text())
     assert client.returncode == 0, output
     assert report["ppid"] == process.pid and report["pid"] != client.pid  # the engine's ready process ran it
-    assert report["marker"] == "from-the-worker"  # the flow run's environment, not the engine's
     assert report["cwd"] == str(ROOT)
     assert report["prestarted"] is True  # KerasWorker.open() in the flow got the child started ahead
     assert report["retries"] == "6"  # the stage's environment defaults apply to the run's environment too
     assert "Finished in state Completed" in output  # its logs reach the worker through the client's streams
     assert state_of(client.flow_run_id) == "COMPLETED"
+
+
+def test_a_run_with_its_own_environment_gets_it_and_a_keras_child_started_in_it(
+        deployment: str, engine: tuple[subprocess.Popen, Path], tmp_path: Path) -> None:
+    process, socket_path = engine
+    client = start_client(deployment, tmp_path / "report.json", socket_path,
+                          run_env={"ENGINE_TEST_MARKER": "from-the-deployment"})
+    output, _ = client.communicate(timeout=300)
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert client.returncode == 0, output
+    assert report["ppid"] == process.pid
+    assert report["marker"] == "from-the-deployment"  # the flow run's environment, not the engine's
+    assert report["prestarted"] is False  # the child started ahead lacks that variable: a new one is started
 
 
 def test_without_an_engine_the_client_runs_prefects_engine_itself(deployment: str, tmp_path: Path) -> None:
