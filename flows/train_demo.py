@@ -65,5 +65,19 @@ def train_and_log(epochs: int, seed: int) -> tuple[str, float]:
     return run.info.run_id, accuracy
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m onnx_stage.flows.train_demo [--name N] [--alias A] [--epochs E] [--seed S]`: train, log, register
+    into MLFLOW_TRACKING_URI (the embedded store under ONNX_STAGE_HOME when unset)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="digits-mlp", help="registered model name (default digits-mlp)")
+    parser.add_argument("--alias", default="champion", help="alias set on the new version (default champion)")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="weights and split seed (default 0)")
+    args = parser.parse_args(argv)
+    train_and_register(name=args.name, alias=args.alias, epochs=args.epochs, seed=args.seed)
+
+
 if __name__ == "__main__":
-    train_and_register()
+    main()

@@ -187,6 +187,8 @@ def run_ready_process(channel: socket.socket, keras_child: bool) -> int:
     for stream, fd in zip((0, 1, 2), fds):
         os.dup2(fd, stream)
         os.close(fd)
+    if run_specific(os.environ) != run_specific(request["env"]):
+        KerasWorker.discard_prestarted()  # started in the engine's environment: the run's own child starts instead
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -202,6 +204,13 @@ def run_ready_process(channel: socket.socket, keras_child: bool) -> int:
     sys.argv = [prefect.engine.__file__, *request["argv"]]
     runpy.run_path(prefect.engine.__file__, run_name="__main__")
     return 0
+
+
+def run_specific(environment: dict[str, str]) -> dict[str, str]:
+    """The variables a Keras child would inherit that may differ between the engine and a flow run: all but Prefect's
+    own (they differ per run, and the child never reads them) and the engine's socket."""
+    return {key: value for key, value in environment.items()
+            if not key.startswith("PREFECT_") and key != ENGINE_SOCKET_ENV}
 
 
 def _kill_group(pid: int, signal_number: int) -> None:

@@ -56,12 +56,19 @@ class KerasWorker:
         cls._prestarted = cls(timeout_seconds)
 
     @classmethod
+    def discard_prestarted(cls) -> None:
+        """Stop the child prestart() started: the flow run this process took over has another environment."""
+        if cls._prestarted is not None:
+            cls._prestarted.close(wait=False)
+            cls._prestarted = None
+
+    @classmethod
     def open(cls, timeout_seconds: float) -> "KerasWorker":
         """The child prestart() started, with this timeout, if it is alive and was started in this process's current
-        environment and working directory (a flow run taken over by a ready process brings its own, and a deployment's
-        pull step changes directory; Prefect's own variables aside); else a new one."""
+        working directory (a deployment's pull step may change it: a custom layer module may live there); else a new
+        one."""
         worker, cls._prestarted = cls._prestarted, None
-        if worker is not None and worker._process.poll() is None and worker._started_in == _surroundings():
+        if worker is not None and worker._process.poll() is None and worker._started_in == os.getcwd():
             worker.timeout_seconds = timeout_seconds
             return worker
         if worker is not None:
@@ -82,7 +89,7 @@ class KerasWorker:
         self._conn = parent_end
         self._log = tempfile.NamedTemporaryFile(prefix="keras-worker-", suffix=".log", delete=False)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-        self._started_in = _surroundings()
+        self._started_in = os.getcwd()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "onnx_stage.keras_worker", str(child_end.fileno()), operations],
             pass_fds=[child_end.fileno()], stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -206,13 +213,6 @@ class KerasWorker:
         self._log.flush()
         lines = Path(self._log.name).read_text(errors="replace").strip().splitlines()[-5:]
         return ("; last output: " + " | ".join(lines)) if lines else ""
-
-
-def _surroundings() -> tuple[frozenset[tuple[str, str]], str]:
-    """What a child inherits that a flow run may set: the environment (less Prefect's variables, which differ per
-    run and which the child never reads) and the working directory."""
-    return (frozenset((key, value) for key, value in os.environ.items()
-                      if not key.startswith("PREFECT_") and key != "ONNX_STAGE_ENGINE_SOCKET"), os.getcwd())
 
 
 def _read_answers(conn: Connection, waiting: dict[int, Future], lock: threading.Lock) -> None:

@@ -104,3 +104,40 @@ def final_runs_of(model: str, version: str, expected_at_least: int, sweep_id: UU
     states = sorted(f"{run.name}: {run.state.name if run.state else None}" for run in runs)
     raise AssertionError(f"runs of {model}/{version} not all final after {timeout_seconds:.0f} s: {states}")
 
+
+
+@contextmanager
+def event_conversions_with(overrides: list[str]) -> Iterator[None]:
+    """Conversions the webhook starts inside run with FAST_OVERRIDES plus `overrides` (the deployment's parameters);
+    FAST_OVERRIDES alone again after."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    from onnx_stage.config import load_config
+
+    def use(config: list[str]) -> None:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("convert-keras-to-onnx/on-new-model-version")
+            client.update_deployment(deployment.id, DeploymentUpdate(parameters={
+                "config": load_config(overrides=config).model_dump(mode="json")}))
+
+    use([*FAST_OVERRIDES, *overrides])
+    try:
+        yield
+    finally:
+        use(FAST_OVERRIDES)
+
+
+def wait_for_task_run(flow_run_id: UUID, task: str, timeout_seconds: float = WAIT_SECONDS) -> None:
+    """Until the flow run's task `task` (its name before Prefect's suffix) is running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while time.monotonic() - started < timeout_seconds:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if any(run.name.rsplit("-", 1)[0] == task and run.state and run.state.is_running() for run in runs):
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"task {task} of flow run {flow_run_id} not running after {timeout_seconds:.0f} s")

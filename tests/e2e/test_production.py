@@ -21,7 +21,8 @@ from deployments.production import BUCKET, ProductionStack, free_port_block
 from deployments.stack import PROJECT_ROOT
 from e2e_helpers import bridge_down
 from production_helpers import (
-    FAST_OVERRIDES, as_user, final_runs_of, running_run_of, train_as, twins_of, wait_for_complete_twin,
+    FAST_OVERRIDES, as_user, event_conversions_with, final_runs_of, running_run_of, train_as, twins_of,
+    wait_for_complete_twin, wait_for_task_run,
 )
 from onnx_stage.tasks.register import COMPLETE
 
@@ -153,10 +154,11 @@ def test_one_version_announced_ten_times_through_both_replicas_and_swept_gets_ex
 
 
 def test_api_replica_stopped_mid_conversion_the_run_completes_through_the_other(production: ProductionStack) -> None:
-    with as_user(*SCIENTIST):
-        version = train_as(MODEL, seed=23)
-    run = running_run_of(MODEL, version)
-    time.sleep(5)
+    with event_conversions_with(["benchmark.enabled=true", "benchmark.min_seconds=5"]):  # still running when stopped
+        with as_user(*SCIENTIST):
+            version = train_as(MODEL, seed=23)
+        run = running_run_of(MODEL, version)
+    wait_for_task_run(run.id, "benchmark")
     production.stop("prefect-api-1")
     try:
         twin, seconds = wait_for_complete_twin(MODEL, version)
@@ -187,10 +189,12 @@ def test_worker_killed_mid_conversion_the_version_is_swept_to_exactly_one_comple
 
     from onnx_stage.config import load_config
 
-    with as_user(*SCIENTIST):
-        version = train_as(MODEL, seed=24)
-    run = running_run_of(MODEL, version)
-    time.sleep(15)  # converting by now: the model is loaded and the lease held
+    # A conversion takes seconds (warm engine): this one times the twin for long enough to be killed holding its lease
+    with event_conversions_with(["benchmark.enabled=true", "benchmark.min_seconds=30"]):
+        with as_user(*SCIENTIST):
+            version = train_as(MODEL, seed=24)
+        run = running_run_of(MODEL, version)
+    wait_for_task_run(run.id, "benchmark")  # converted, validated, the lease held
     killed = kill_worker_running(production, int(str(run.infrastructure_pid).rsplit(":", 1)[-1]))
     production.start(killed)
 

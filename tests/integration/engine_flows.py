@@ -10,10 +10,12 @@ from prefect import flow
 from prefect.settings import PREFECT_API_URL
 
 from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.tracking import configure_tracking
 
 
 @flow(name="report-process")
 def report_process(report: str, fail: bool = False, sleep_seconds: float = 0) -> None:
+    configure_tracking()  # as convert_model does first: it sets MLflow's variables, which must not cost the child
     prestarted = KerasWorker._prestarted
     Path(report).write_text(json.dumps({
         "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "marker": os.environ.get("ENGINE_TEST_MARKER"),

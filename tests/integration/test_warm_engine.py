@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def deployment(prefect: None) -> str:
+def deployment(stage: str) -> str:
     from tests.integration.engine_flows import report_process
 
     report_process.to_deployment(name="warm-engine-test").apply()
