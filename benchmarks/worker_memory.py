@@ -142,9 +142,8 @@ def stack_worker(runs: int) -> int:
     """--stack: the local stack's worker converts `runs` fresh versions one after another; its memory after each."""
     import mlflow
     import psutil
-    from mlflow import MlflowClient
 
-    from time_to_twin import start_stack, wait_until_idle
+    from time_to_twin import start_stack, wait_for_complete_twin, wait_until_idle
 
     began, home = time.perf_counter(), Path(tempfile.mkdtemp(prefix="worker-memory-stack-"))
     stack = start_stack("local", home)
@@ -155,15 +154,12 @@ def stack_worker(runs: int) -> int:
         run_id = json.loads((home / "names.json").read_text())["run_id"]
         print(f"local stack up, digits MLP trained ({time.perf_counter() - began:.0f} s); {runs} versions registered "
               "one at a time, each converted by the stack's worker", flush=True)
-        client, rows = MlflowClient(), []
+        rows = []
         for index in range(runs):
             name = f"wm-stack-{stamp}-{index}"
             started = time.monotonic()
             mlflow.register_model(f"runs:/{run_id}/model", name)
-            while not client.search_model_versions(f"name='{name}-onnx' and tags.`onnx_stage.complete`='true'"):
-                if time.monotonic() - started > 600:
-                    raise RuntimeError(f"no complete twin of {name} after 600 s; see {home}/stack/logs")
-                time.sleep(0.5)
+            wait_for_complete_twin(name, started)
             seconds = time.monotonic() - started
             wait_until_idle()  # the run's process has ended and the next ready process has imported
             worker = psutil.Process(stack.running_pid("worker"))

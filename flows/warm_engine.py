@@ -78,7 +78,8 @@ class WarmEngine:
                     else:
                         self._read_client(key.data)
                 if (worker_status := self._collect_finished(worker.pid)) is not None:
-                    return os.waitstatus_to_exitcode(worker_status)
+                    worker.returncode = os.waitstatus_to_exitcode(worker_status)  # reaped here, not by Popen
+                    return worker.returncode
             return 128 + stopped_by[0]
         finally:
             self._shut_down(worker, listener)
@@ -159,7 +160,7 @@ class WarmEngine:
                     client.sendall(f"exit {status}\n".encode())
                 except OSError:
                     pass  # the client is gone; its run was killed with it
-                if client in (key.fileobj for key in self._selector.get_map().values()):
+                if client in self._selector.get_map():  # not when its end closed first (_read_client)
                     self._selector.unregister(client)
                 client.close()
 

@@ -106,26 +106,28 @@ def final_runs_of(model: str, version: str, expected_at_least: int, sweep_id: UU
 
 
 
-@contextmanager
-def event_conversions_with(overrides: list[str]) -> Iterator[None]:
-    """Conversions the webhook starts inside run with FAST_OVERRIDES plus `overrides` (the deployment's parameters);
-    FAST_OVERRIDES alone again after."""
+def convert_with(deployment: str, overrides: list[str]) -> None:
+    """Runs of `deployment` (e.g. on-new-model-version) created from now on convert with these config overrides."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
     from onnx_stage.config import load_config
 
-    def use(config: list[str]) -> None:
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name("convert-keras-to-onnx/on-new-model-version")
-            client.update_deployment(deployment.id, DeploymentUpdate(parameters={
-                "config": load_config(overrides=config).model_dump(mode="json")}))
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(f"convert-keras-to-onnx/{deployment}")
+        client.update_deployment(found.id, DeploymentUpdate(parameters={
+            "config": load_config(overrides=overrides).model_dump(mode="json")}))
 
-    use([*FAST_OVERRIDES, *overrides])
+
+@contextmanager
+def event_conversions_with(overrides: list[str]) -> Iterator[None]:
+    """Conversions the webhook starts inside run with FAST_OVERRIDES plus `overrides` (the deployment's parameters);
+    FAST_OVERRIDES alone again after."""
+    convert_with("on-new-model-version", [*FAST_OVERRIDES, *overrides])
     try:
         yield
     finally:
-        use(FAST_OVERRIDES)
+        convert_with("on-new-model-version", FAST_OVERRIDES)
 
 
 def wait_for_task_run(flow_run_id: UUID, task: str, timeout_seconds: float = WAIT_SECONDS) -> None:

@@ -21,8 +21,8 @@ from deployments.production import BUCKET, ProductionStack, free_port_block
 from deployments.stack import PROJECT_ROOT
 from e2e_helpers import bridge_down
 from production_helpers import (
-    FAST_OVERRIDES, as_user, event_conversions_with, final_runs_of, running_run_of, train_as, twins_of,
-    wait_for_complete_twin, wait_for_task_run,
+    CONVERSION_DEPLOYMENTS, FAST_OVERRIDES, as_user, convert_with, event_conversions_with, final_runs_of,
+    running_run_of, train_as, twins_of, wait_for_complete_twin, wait_for_task_run,
 )
 from onnx_stage.tasks.register import COMPLETE
 
@@ -35,11 +35,7 @@ READER = ("rita", "rita-" + os.urandom(6).hex())
 def stack_and_image() -> Iterator[tuple[ContainerStack, Future]]:
     """The stack started with the same code as `make stack-up PROFILE=production`; the test process then acts as
     the stage's user unless a test says otherwise (as_user)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from onnx_stage.config import load_config
 
     home = Path(tempfile.mkdtemp(prefix="onnx-stage-production-"))
     home.chmod(0o755)  # PostgreSQL runs as its own user below it
@@ -56,11 +52,8 @@ def stack_and_image() -> Iterator[tuple[ContainerStack, Future]]:
         os.environ.update({key: value for key, value in stack.client_env().items() if key in keys})
         with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
             # The conversions these tests wait for skip the benchmark and hold short leases: minutes saved in CI.
-            fast = load_config(overrides=FAST_OVERRIDES).model_dump(mode="json")
-            with get_client(sync_client=True) as client:
-                for name in ("convert-keras-to-onnx/on-new-model-version", "convert-keras-to-onnx/convert"):
-                    deployment = client.read_deployment_by_name(name)
-                    client.update_deployment(deployment.id, DeploymentUpdate(parameters={"config": fast}))
+            for deployment in CONVERSION_DEPLOYMENTS:
+                convert_with(deployment, FAST_OVERRIDES)
             yield stack, image
     finally:
         image.exception()  # the build thread ends before its dockerd is stopped
