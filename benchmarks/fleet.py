@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -145,6 +146,7 @@ def main() -> None:
         print(machine_line())
     finally:
         stack.down()
+    shutil.rmtree(home, ignore_errors=True)  # kept, with the services' logs, when the run failed
 
 
 if __name__ == "__main__":

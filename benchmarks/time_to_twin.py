@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -244,6 +245,7 @@ def main() -> int:
         report(results, args)
     finally:
         stack.down()
+    shutil.rmtree(home, ignore_errors=True)  # kept, with the services' logs, when the run failed
     return 0
 
 

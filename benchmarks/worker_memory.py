@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def stack_worker(runs: int) -> int:
                 f"{role} {rss / 2**20:.0f} MiB" for role, rss in roles.items() if rss), flush=True)
     finally:
         stack.down()
+    shutil.rmtree(home, ignore_errors=True)  # kept, with the services' logs, when the run failed
     totals = [sum(row.values()) for row in rows]
     ratio = totals[-1] / totals[0]
     print(f"\nworker service (engine + Prefect worker + ready process + its Keras child) after run 1: "
@@ -219,7 +221,6 @@ def main() -> int:
             result = json.loads((work / "worker.json").read_text())
     finally:
         if not args.keep:
-            import shutil
             shutil.rmtree(work, ignore_errors=True)
 
     rows = result["rows"]

@@ -1,6 +1,7 @@
 """The inputs validation feeds both models: the version's example, the user's samples, generated batches."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -138,13 +139,19 @@ def _accepted(worker: KerasWorker, specs: list[TensorSpec], sequence_length: int
 
 
 def read_sample_data(uri: str, source: SourceModel, max_rows: int) -> list[np.ndarray]:
-    """A .npz of arrays named after the model's inputs (or one unnamed array for a one-input model)."""
-    path = Path(uri) if Path(uri).is_file() else None
-    if path is None:
+    """A .npz of arrays named after the model's inputs (or one unnamed array for a one-input model): a local file,
+    or an artifact URI downloaded into a temporary directory removed once the rows are read."""
+    if Path(uri).is_file():
+        return _sample_rows(Path(uri), uri, source, max_rows)
+    with tempfile.TemporaryDirectory(prefix="onnx-stage-sample-data-") as download:
         try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download))
         except Exception as error:
             raise StageError(f"validation.sample_data {uri!r} cannot be read: {str(error).splitlines()[0]}") from None
+        return _sample_rows(path, uri, source, max_rows)
+
+
+def _sample_rows(path: Path, uri: str, source: SourceModel, max_rows: int) -> list[np.ndarray]:
     names = [spec.name for spec in source.inputs]
     with np.load(path) as arrays:
         if set(names) <= set(arrays.files):

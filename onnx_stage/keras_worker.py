@@ -14,6 +14,7 @@ import importlib
 import itertools
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,11 @@ class KerasWorker:
     def _start_child(self, operations: str) -> None:
         parent_end, child_end = Pipe()
         self._conn = parent_end
-        self._log = tempfile.NamedTemporaryFile(prefix="keras-worker-", suffix=".log", delete=False)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+        # the child's own temporary directory, removed with it: TensorFlow's autograph leaves a .py file in TMPDIR
+        # per traced function, and a killed conversion leaves its scratch files
+        self._scratch = Path(tempfile.mkdtemp(prefix="keras-worker-"))
+        self._log = open(self._scratch / "child.log", "wb")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "TMPDIR": str(self._scratch)}
         self._started_in = os.getcwd()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "onnx_stage.keras_worker", str(child_end.fileno()), operations],
@@ -176,8 +180,7 @@ class KerasWorker:
         self._respawns_left -= 1
         self._reader.join(timeout=10)
         self._conn.close()
-        self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
+        self._remove_scratch()
         self._start_child(self.operations)
         self._generation += 1
         self.call("load_model", **self._load_request)
@@ -199,8 +202,11 @@ class KerasWorker:
         self._process.wait()
         self._reader.join(timeout=10)  # the child's end closed with it: the reader sees EOF and fails what waits
         self._conn.close()
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
         self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _exit_reason(self) -> str:
         code = self._process.returncode

@@ -1,6 +1,7 @@
 """validate: onnx.checker, then ONNX vs Keras on the input example and on generated batches (batch 1 and N)."""
 from __future__ import annotations
 
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -249,7 +250,13 @@ def check_consumer_load(twin: RegisteredTwin, report: ParityReport, source: Sour
     Raises:
         StageError: an output or a request form differs (the caller removes the version).
     """
-    loaded = mlflow.pyfunc.load_model(twin.uri)
+    with tempfile.TemporaryDirectory(prefix="onnx-stage-consumer-") as download:  # pyfunc's own would be kept
+        return _check_loaded(mlflow.pyfunc.load_model(twin.uri, dst_path=download), twin, report, source, inputs,
+                             source_answers)
+
+
+def _check_loaded(loaded: mlflow.pyfunc.PyFuncModel, twin: RegisteredTwin, report: ParityReport, source: SourceModel,
+                  inputs: ValidationInputs, source_answers: dict[str, Answer] | None) -> list[tuple[str, str, str]]:
     reference, expected = np.load(report.reference_inputs), np.load(report.reference_outputs)
     outputs = loaded.get_raw_model().run(expected.files, {k: reference[k] for k in reference.files})
     tolerances = {o.output: o for o in report.cases[0].outputs}

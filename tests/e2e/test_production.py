@@ -3,6 +3,7 @@ proxy, MLflow basic-auth, two Prefect API replicas behind nginx with Redis, two 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def stack_and_image() -> Iterator[tuple[ContainerStack, Future]]:
         image.exception()  # the build thread ends before its dockerd is stopped
         stack.down_containers()
         stack.down()
+        shutil.rmtree(home, ignore_errors=True)
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -74,6 +76,30 @@ def test_registry_version_becomes_a_loadable_onnx_twin(digits_model: str, tmp_pa
     assert isinstance(probabilities, np.ndarray) and probabilities.shape[1] == 10
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
+
+
+def test_a_conversion_leaves_nothing_in_the_temporary_directory(digits_model: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every download (the version, the sample data, the consumer check's copy of the twin) and the Keras child's
+    own files (TensorFlow's autograph sources) go when the run ends: a worker converting 2 GB models must not fill
+    its disk."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, np.random.default_rng(0).random((8, 64), dtype=np.float32))
+    with mlflow.start_run(run_name="sample data") as run:
+        mlflow.log_artifact(str(samples))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+    twin = convert_model(model_name="digits-mlp", alias="champion", config=load_config(overrides=[
+        *FAST, "registry.name_template={name}-tidy-onnx", f"validation.sample_data=runs:/{run.info.run_id}/samples.npz"]))
+
+    assert twin.created
+    deadline = time.monotonic() + 30  # the Keras child is reaped on a thread while the flow registers
+    while (left := sorted(str(p.relative_to(temp)) for p in temp.rglob("*"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
 
 def test_rerun_returns_the_existing_twin_and_creates_nothing(digits_model: str) -> None:
     config = load_config(overrides=FAST)
