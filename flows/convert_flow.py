@@ -1,9 +1,6 @@
 """The conversion flow: load → convert → validate → benchmark → register (+ consumer check), nothing else."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +11,7 @@ from onnx_stage.config import StageConfig, load_config
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.lease import conversion_lease
 from onnx_stage.memory import bounded_heap
+from onnx_stage.scratch import scratch_directory
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
 from onnx_stage.tasks.benchmark import benchmark, gate_variant_speed
@@ -43,10 +41,9 @@ def convert_model(
 ) -> RegisteredTwin:
     configure_tracking()
     ref = ModelRef(name=model_name, version=version, alias=alias, path=path)
-    with tempfile.TemporaryDirectory(prefix="onnx-stage-") as scratch, \
+    with scratch_directory("run") as work_dir, \
             KerasWorker.open(config.convert.timeout_seconds) as worker, \
             bounded_heap():  # fewer malloc arenas, free pages returned: for a worker running flow after flow
-        work_dir = Path(scratch)
         warmed = warm_up_packaging.submit()  # runs while the child loads the model
         source = load(ref, worker, work_dir, config.convert.custom_object_modules)
         with conversion_lease(conversion_key(source, config), config.registry.lease_wait_seconds,

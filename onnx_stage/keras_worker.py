@@ -14,11 +14,9 @@ import importlib
 import itertools
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import traceback
 from concurrent.futures import Future
@@ -26,6 +24,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any, ClassVar
+
+from onnx_stage.scratch import make_scratch, remove_scratch
 
 KERAS_OPERATIONS = "onnx_stage.keras_ops"
 COMMON_OPERATIONS = "onnx_stage.consumer"  # served for every source kind: source_answers (the source's own pyfunc)
@@ -90,7 +90,7 @@ class KerasWorker:
         self._conn = parent_end
         # the child's own temporary directory, removed with it: TensorFlow's autograph leaves a .py file in TMPDIR
         # per traced function, and a killed conversion leaves its scratch files
-        self._scratch = Path(tempfile.mkdtemp(prefix="keras-worker-"))
+        self._scratch = make_scratch("keras")
         self._log = open(self._scratch / "child.log", "wb")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "TMPDIR": str(self._scratch)}
         self._started_in = os.getcwd()
@@ -206,7 +206,7 @@ class KerasWorker:
 
     def _remove_scratch(self) -> None:
         self._log.close()
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        remove_scratch(self._scratch)
 
     def _exit_reason(self) -> str:
         code = self._process.returncode

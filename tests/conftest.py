@@ -1,7 +1,10 @@
 """Shared fixtures: a real `mlflow server` on 127.0.0.1 (sqlite) and Prefect's test harness, once per session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -10,6 +13,21 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import onnx_stage  # noqa: E402,F401  (turns MLflow telemetry off before anything imports mlflow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_directory(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """TMPDIR for the whole run, the servers it starts included: what anything leaves there (a 2.4 GB model's
+    download among them) goes when the run passes; kept for a look when a test failed."""
+    path = Path(tempfile.mkdtemp(prefix="onnx-stage-tests-"))
+    path.chmod(0o1777)  # like /tmp: PostgreSQL runs as its own user below it
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    # at exit, after Prefect's test harness removes its own directory in it (atexit runs last-registered first)
+    atexit.register(lambda: request.session.testsfailed or shutil.rmtree(path, ignore_errors=True))
+    yield path
+    os.environ.pop("TMPDIR") if saved is None else os.environ.__setitem__("TMPDIR", saved)
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
