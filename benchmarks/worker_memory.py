@@ -86,7 +86,7 @@ def child_worker(names: list[str], overrides: list[str], trace: bool, out: Path)
         children = me.children(recursive=True)
         rows.append({"run": index + 1, "seconds": seconds, "rss": me.memory_info().rss,
                      "children_rss": sum(_rss(child) for child in children), "children": len(children),
-                     "threads": me.num_threads(), "open_files": me.num_fds()})
+                     "threads": me.num_threads(), "open_files": me.num_fds(), **_rss_kinds()})
         print("WORKER " + json.dumps(rows[-1]), flush=True)
         if index == 0:
             first_handles = _handles()
@@ -95,8 +95,28 @@ def child_worker(names: list[str], overrides: list[str], trace: bool, out: Path)
     if trace:
         for stat in tracemalloc.take_snapshot().compare_to(first_snapshot, "traceback")[:10]:
             growth.append(f"{stat.size_diff / 1e6:+.2f} MB in {stat.count_diff:+d} blocks at "
-                          + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:4]))
+                          + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stat.traceback[-4:])))
     out.write_text(json.dumps({"rows": rows, "growth": growth}))
+
+
+def _rss_kinds() -> dict[str, int]:
+    """This process's resident memory by kind (/proc/self/status, bytes): anonymous (heaps, arenas, stacks) and
+    file-backed (libraries' pages touched so far); and glibc's view of its heap (mallinfo2): bytes in use in the
+    arenas, free in them, and mapped on their own."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kinds = {"rss_anon": int(fields["RssAnon"].split()[0]) << 10, "rss_file": int(fields["RssFile"].split()[0]) << 10}
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return kinds
+    return {**kinds, "malloc_in_use": info.uordblks, "malloc_free": info.fordblks, "malloc_mapped": info.hblkhd}
 
 
 def _handles() -> "Counter[str]":
@@ -131,6 +151,9 @@ def run_child(args: list[str], env: dict[str, str], log: Path, timeout: float, e
             if echo and line.startswith("WORKER "):
                 row = json.loads(line[7:])
                 print(f"  run {row['run']:>2}: {row['seconds']:5.1f} s  rss {row['rss'] / 2**20:7.1f} MiB  "
+                      f"(anonymous {row['rss_anon'] / 2**20:.1f}, files {row['rss_file'] / 2**20:.1f}; malloc in use "
+                      f"{row.get('malloc_in_use', 0) / 2**20:.1f}, free {row.get('malloc_free', 0) / 2**20:.1f}, "
+                      f"mapped {row.get('malloc_mapped', 0) / 2**20:.1f})  "
                       f"children {row['children']} ({row['children_rss'] / 2**20:.1f} MiB)  threads {row['threads']}  "
                       f"open files {row['open_files']}", flush=True)
             stream.write(line)
