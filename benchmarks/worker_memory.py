@@ -107,15 +107,16 @@ def _rss_kinds() -> dict[str, int]:
     kinds = {"rss_anon": int(fields["RssAnon"].split()[0]) << 10, "rss_file": int(fields["RssFile"].split()[0]) << 10}
     import ctypes
 
+    from onnx_stage.memory import _libc  # glibc, the one the stage tunes
+
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-        info = libc.mallinfo2()
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):  # not glibc, or older than 2.33
         return kinds
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
     return {**kinds, "malloc_in_use": info.uordblks, "malloc_free": info.fordblks, "malloc_mapped": info.hblkhd}
 
 

@@ -79,14 +79,14 @@ def convert_model(
             with transaction():
                 twin = register(source, packaged, onnx_model, parity, bench, config, work_dir,
                                 source_answers=source_answers)
-                consumer_forms = check_consumer(twin, parity, source, inputs, source_answers)
+                consumer_forms = check_consumer(twin, parity, source, inputs, source_answers, work_dir)
                 variant_twins = []
                 for variant in accepted:
                     variant_dir = work_dir / variant.kind
                     variant_package = package(source, variant.onnx_model, inputs, variant_dir, variant.kind)
                     variant_twins.append(register(source, variant_package, variant.onnx_model, variant.parity, bench,
                                                   config, variant_dir, variant.kind, source_answers))
-                    check_consumer(variant_twins[-1], variant.parity, source, inputs, source_answers)
+                    check_consumer(variant_twins[-1], variant.parity, source, inputs, source_answers, work_dir)
                 for registered in (*variant_twins, twin):  # the fp32 twin completes last
                     publish(source, registered, config)
         print(summarise(source, onnx_model, parity, bench, twin, variants, variant_twins, consumer_forms))

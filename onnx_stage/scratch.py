@@ -63,32 +63,29 @@ def scratch_directory(kind: str) -> Iterator[Path]:
 
 def remove_orphans() -> list[Path]:
     """Remove the scratch directories in the temporary directory whose owner died; returns them."""
-    removed = []
-    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        if path in _OWN_LOCKS or not path.is_dir():
-            continue
-        try:
-            descriptor = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if _age_seconds(path) > UNLOCKED_GRACE_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            continue  # its owner is alive
+    orphans = [path for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*")
+               if path not in _OWN_LOCKS and path.is_dir() and _owner_gone(path)]
+    for path in orphans:
         shutil.rmtree(path, ignore_errors=True)
-        os.close(descriptor)
-        removed.append(path)
-    return removed
+    return orphans
 
 
-def _age_seconds(path: Path) -> float:
+def _owner_gone(path: Path) -> bool:
+    """Whether the lock of this scratch directory can be taken (its owner died), or it never got one and is older
+    than UNLOCKED_GRACE_SECONDS."""
     try:
-        return time.time() - path.stat().st_mtime
+        descriptor = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return 0.0
+        try:
+            return time.time() - path.stat().st_mtime > UNLOCKED_GRACE_SECONDS
+        except FileNotFoundError:
+            return False  # removed meanwhile
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False  # its owner is alive
+    finally:
+        os.close(descriptor)

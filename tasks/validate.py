@@ -240,7 +240,7 @@ def ask_source(source: SourceModel, inputs: ValidationInputs, worker: KerasWorke
 
 
 def check_consumer_load(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
-                        source_answers: dict[str, Answer] | None) -> list[tuple[str, str, str]]:
+                        source_answers: dict[str, Answer] | None, work_dir: Path) -> list[tuple[str, str, str]]:
     """Load the twin as a registry consumer does (pyfunc, with its registered session options and providers):
     its session computes the source's outputs on the reference inputs at the tolerances validation used, and it
     answers every request form the source version's pyfunc answers with the same type, shape and values.
@@ -250,7 +250,8 @@ def check_consumer_load(twin: RegisteredTwin, report: ParityReport, source: Sour
     Raises:
         StageError: an output or a request form differs (the caller removes the version).
     """
-    with tempfile.TemporaryDirectory(prefix="onnx-stage-consumer-") as download:  # pyfunc's own would be kept
+    # inside the run's scratch directory (removed with it even if the run is killed); pyfunc's own would be kept
+    with tempfile.TemporaryDirectory(prefix="consumer-check-", dir=work_dir) as download:
         return _check_loaded(mlflow.pyfunc.load_model(twin.uri, dst_path=download), twin, report, source, inputs,
                              source_answers)
 
@@ -314,5 +315,5 @@ def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: Ke
 
 @task(name="check-consumer-load", cache_policy=NO_CACHE)
 def check_consumer(twin: RegisteredTwin, report: ParityReport, source: SourceModel, inputs: ValidationInputs,
-                   source_answers: dict[str, Answer] | None) -> list[tuple[str, str, str]]:
-    return check_consumer_load(twin, report, source, inputs, source_answers)
+                   source_answers: dict[str, Answer] | None, work_dir: Path) -> list[tuple[str, str, str]]:
+    return check_consumer_load(twin, report, source, inputs, source_answers, work_dir)
