@@ -1,6 +1,7 @@
 """The small typed records the five tasks hand to each other: names, file paths and figures, never live models."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +78,8 @@ class OnnxArtifacts(Record):
                                            description="Optimisation steps kept, with their rewrite counts.")
     graph_optimizations_refused: dict[str, str] = Field(default_factory=dict,
                                                         description="Steps not kept, and why.")
+    validation_outputs: CaseOutputs | None = Field(
+        None, description="This file's outputs on the validation inputs, when graph optimisation computed them.")
 
 
 def _save_cases(path: Path, role: str, arrays_per_case: list[list[np.ndarray]]) -> None:
@@ -106,21 +109,35 @@ class ValidationInputs(Record):
         return cls(path=path, labels=[label for label, _ in cases], inputs_per_case=len(cases[0][1]))
 
 
-class SourceOutputs(Record):
-    """The source model's outputs on every validation case, predicted once per run: what the ONNX model, each
-    variant and the served session options are held to."""
+class CaseOutputs(Record):
+    """A model's outputs on every validation case, computed once per run. The source model's are what the ONNX
+    model, each variant and the served session options are held to; the ONNX model's own, when graph optimisation
+    already ran it, are what validation compares with them."""
 
     path: Path = Field(..., description=".npz with output k of case i under `case{i}_output{k}`.")
     cases_count: int
     outputs_per_case: int
+    inputs_path: Path | None = Field(None, description="The ValidationInputs file they are the outputs on.")
+    onnx_sha256: str | None = Field(None, description="sha256 of the ONNX file that computed them; None: the source.")
 
     def cases(self) -> list[list[np.ndarray]]:
         return _read_cases(self.path, "output", self.cases_count, self.outputs_per_case)
 
+    def computed_by(self, onnx_path: Path, inputs: "ValidationInputs") -> bool:
+        """Whether these are the outputs of the file now at onnx_path (same bytes) on `inputs`."""
+        return self.inputs_path == inputs.path and self.onnx_sha256 == file_sha256(onnx_path)
+
     @classmethod
-    def save(cls, outputs_per_case: list[list[np.ndarray]], path: Path) -> "SourceOutputs":
+    def save(cls, outputs_per_case: list[list[np.ndarray]], path: Path, inputs_path: Path | None = None,
+             onnx_path: Path | None = None) -> "CaseOutputs":
         _save_cases(path, "output", outputs_per_case)
-        return cls(path=path, cases_count=len(outputs_per_case), outputs_per_case=len(outputs_per_case[0]))
+        return cls(path=path, cases_count=len(outputs_per_case), outputs_per_case=len(outputs_per_case[0]),
+                   inputs_path=inputs_path, onnx_sha256=file_sha256(onnx_path) if onnx_path else None)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 class OutputParity(Record):
@@ -152,7 +169,7 @@ class ParityReport(Record):
     cases: list[ParityCase]
     reference_inputs: Path = Field(..., description=".npz of the input example fed to both models.")
     reference_outputs: Path = Field(..., description=".npz of Keras' outputs on reference_inputs.")
-    keras_outputs: SourceOutputs
+    keras_outputs: CaseOutputs
 
 
 class VariantOutcome(Record):

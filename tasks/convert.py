@@ -18,13 +18,14 @@ from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.routes import crash_marker
 from onnx_stage.rendering import write_renderings
 from onnx_stage.sources import SOURCE_KINDS
-from onnx_stage.records import OnnxArtifacts, SourceModel, ValidationInputs
+from onnx_stage.records import CaseOutputs, OnnxArtifacts, SourceModel, ValidationInputs
 
 
 def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path,
                    inputs: ValidationInputs | None = None) -> OnnxArtifacts:
     """The converted model (out_dir/model.onnx), optimised by `config.graph_optimizations` where each step keeps the
-    outputs on the validation cases (`inputs`; without them, generated as validation's defaults generate them)."""
+    outputs on the validation cases (`inputs`; without them, generated as validation's defaults generate them).
+    Given `inputs`, the model's outputs on them come back too (`validation_outputs`): validation reuses them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     try:
@@ -48,9 +49,13 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
     )
     if config.graph_optimizations:
         cases = inputs.cases() if inputs else validation_inputs(source, worker, ValidateConfig())
-        kept, refused = optimize_graph(onnx_path, config.graph_optimizations, [arrays for _, arrays in cases],
-                                       config.graph_optimization_seconds)
-        artifacts = artifacts.model_copy(update={"graph_optimizations": kept, "graph_optimizations_refused": refused})
+        optimized = optimize_graph(onnx_path, config.graph_optimizations, [arrays for _, arrays in cases],
+                                   config.graph_optimization_seconds)
+        outputs = CaseOutputs.save(optimized.outputs, out_dir / "onnx_outputs.npz", inputs.path, onnx_path) \
+            if inputs and optimized.outputs else None
+        artifacts = artifacts.model_copy(update={"graph_optimizations": optimized.kept,
+                                                 "graph_optimizations_refused": optimized.refused,
+                                                 "validation_outputs": outputs})
     write_renderings(onnx.load(str(onnx_path), load_external_data=False), artifacts.json_path, artifacts.text_path,
                      config.json_max_tensor_elements)
     return artifacts

@@ -24,8 +24,8 @@ from onnx_stage.rendering import write_renderings
 from onnx_stage.sessions import SessionOptionsDict, open_session
 from onnx_stage.quantize import calibration_inputs
 from onnx_stage.variants import CALIBRATED_KINDS, build_variant, cosine_refusal, vacuous_refusal
-from onnx_stage.records import (BenchReport, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin, SourceModel,
-                                SourceOutputs, ValidationInputs, VariantOutcome)
+from onnx_stage.records import (BenchReport, CaseOutputs, OnnxArtifacts, ParityCase, ParityReport, RegisteredTwin,
+                                SourceModel, ValidationInputs, VariantOutcome)
 
 
 class ParityError(StageError):
@@ -44,9 +44,9 @@ def choose_inputs(source: SourceModel, worker: KerasWorker, config: ValidateConf
     return ValidationInputs.save(validation_inputs(source, worker, config), work_dir / "validation_inputs.npz")
 
 
-def predict_source_outputs(worker: KerasWorker, inputs: ValidationInputs, work_dir: Path) -> SourceOutputs:
-    return SourceOutputs.save(keras_outputs(worker, [arrays for _, arrays in inputs.cases()]),
-                              work_dir / "keras_outputs.npz")
+def predict_source_outputs(worker: KerasWorker, inputs: ValidationInputs, work_dir: Path) -> CaseOutputs:
+    return CaseOutputs.save(keras_outputs(worker, [arrays for _, arrays in inputs.cases()]),
+                            work_dir / "keras_outputs.npz")
 
 
 def predicts_during_conversion(source: SourceModel) -> bool:
@@ -57,19 +57,25 @@ def predicts_during_conversion(source: SourceModel) -> bool:
 
 def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,
                  work_dir: Path, inputs: ValidationInputs | None = None,
-                 expected: SourceOutputs | None = None) -> ParityReport:
+                 expected: CaseOutputs | None = None) -> ParityReport:
     """ONNX vs the source model on every validation case; inputs and expected outputs are chosen and predicted
-    here unless the flow already has them."""
+    here unless the flow already has them. The ONNX outputs are those graph optimisation computed when they are this
+    file's (same sha256) on these inputs, else an onnxruntime session's, run here."""
     try:
         onnx.checker.check_model(str(onnx_model.onnx_path), full_check=True)
     except onnx.checker.ValidationError as error:
         raise StageError(f"the converted model fails onnx.checker: {str(error).splitlines()[0]}") from None
     inputs = inputs or choose_inputs(source, worker, config, work_dir)
     cases = inputs.cases()
-    with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
-        onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, [arrays for _, arrays in cases])
+    computed = onnx_model.validation_outputs
+    if computed is not None and computed.computed_by(onnx_model.onnx_path, inputs):  # by graph optimisation
+        (input_names, output_names), actual_outputs = io_names(onnx_model.onnx_path), computed.cases()
         expected = expected or predict_source_outputs(worker, inputs, work_dir)
-        (input_names, output_names), actual_outputs = onnx_run.result()
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
+            onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, [arrays for _, arrays in cases])
+            expected = expected or predict_source_outputs(worker, inputs, work_dir)
+            (input_names, output_names), actual_outputs = onnx_run.result()
     expected_outputs = expected.cases()
     report_cases = compare_cases(cases, expected_outputs, actual_outputs, output_names, config)
     failing = [arrays for (_, arrays), case in zip(cases, report_cases) if not case_passes(case, config)]
@@ -106,6 +112,14 @@ def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]], options: Sessio
     input_names = [i.name for i in session.get_inputs()]
     names = (input_names, [o.name for o in session.get_outputs()])
     return names, [_run(session, input_names, arrays) for arrays in cases]
+
+
+def io_names(onnx_path: Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of the ONNX model as an onnxruntime session lists them (initializers are not
+    inputs), read from the graph without its weights."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights], [o.name for o in graph.output]
 
 
 def _run(session: ort.InferenceSession, input_names: list[str], arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -167,7 +181,7 @@ def blame_layer(onnx_model: OnnxArtifacts, worker: KerasWorker, feed: dict[str, 
 
 def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
                   work_dir: Path, inputs: ValidationInputs | None = None,
-                  expected: SourceOutputs | None = None) -> list[VariantOutcome]:
+                  expected: CaseOutputs | None = None) -> list[VariantOutcome]:
     """Build each configured variant and hold it to its own gate against Keras (onnx_stage/variants.py: tolerances,
     argmax agreement, cosine floor, and a gate that can tell an input-blind model) on the validation cases (the
     fp32 validation's, with Keras' outputs on them, when given); refuse those that fail."""
@@ -178,7 +192,8 @@ def gate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasW
                        if variant.kind in CALIBRATED_KINDS else None)
         variant_path = build_variant(variant.kind, onnx_model.onnx_path, variant_dir, calibration)
         artifacts = onnx_model.model_copy(update={
-            "onnx_path": variant_path, "json_path": variant_dir / "model.json", "text_path": variant_dir / "model.onnx.txt"})
+            "onnx_path": variant_path, "json_path": variant_dir / "model.json", "text_path": variant_dir / "model.onnx.txt",
+            "validation_outputs": None})
         write_renderings(onnx.load(str(variant_path)), artifacts.json_path, artifacts.text_path,
                          config.convert.json_max_tensor_elements)
         gate = config.validation.model_copy(update={
@@ -286,12 +301,12 @@ def validation_cases(source: SourceModel, worker: KerasWorker, config: ValidateC
 
 
 @task(name="predict-source-outputs", cache_policy=NO_CACHE)
-def source_outputs(inputs: ValidationInputs, worker: KerasWorker, work_dir: Path) -> SourceOutputs:
+def source_outputs(inputs: ValidationInputs, worker: KerasWorker, work_dir: Path) -> CaseOutputs:
     return predict_source_outputs(worker, inputs, work_dir)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, expected: SourceOutputs,
+def validate(source: SourceModel, onnx_model: OnnxArtifacts, inputs: ValidationInputs, expected: CaseOutputs,
              worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ParityReport:
     return check_parity(source, onnx_model, worker, config, work_dir, inputs, expected)
 
@@ -309,7 +324,7 @@ def check_served_options(onnx_model: OnnxArtifacts, inputs: ValidationInputs, pa
 
 @task(name="validate-variants", cache_policy=NO_CACHE)
 def validate_variants(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: StageConfig,
-                      work_dir: Path, inputs: ValidationInputs, expected: SourceOutputs) -> list[VariantOutcome]:
+                      work_dir: Path, inputs: ValidationInputs, expected: CaseOutputs) -> list[VariantOutcome]:
     return gate_variants(source, onnx_model, worker, config, work_dir, inputs, expected)
 
 

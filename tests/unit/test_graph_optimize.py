@@ -166,7 +166,8 @@ def test_optimize_graph_keeps_a_step_that_holds_parity_and_is_faster(tmp_path: P
     path = _zero_bias_model(tmp_path / "model.onnx")
     monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 0.9)
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0.1)
+    optimized = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0.1)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == ["neutral_elementwise(1)"]
     assert refused == {"shape_simplification": "nothing to rewrite"}
@@ -179,7 +180,8 @@ def test_optimize_graph_refuses_a_step_measured_slower(tmp_path: Path, monkeypat
     original = path.read_bytes()
     monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 1.02)
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+    optimized = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == [] and refused["neutral_elementwise"].startswith("not faster (1.020x")
     assert path.read_bytes() == original
@@ -192,7 +194,8 @@ def test_without_a_timing_budget_a_step_that_holds_parity_is_kept_untimed(tmp_pa
         raise AssertionError("speed_ratio called with graph_optimization_seconds = 0")
     monkeypatch.setattr(graph_optimize, "speed_ratio", never_timed)
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0)
+    optimized = optimize_graph(path, ["neutral_elementwise"], _cases(), 0)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == ["neutral_elementwise(1)"] and refused == {}
 
@@ -206,7 +209,8 @@ def test_optimize_graph_refuses_a_step_that_changes_outputs(tmp_path: Path, monk
     monkeypatch.setitem(graph_optimize.PASSES, "neutral_elementwise", breaks_the_model)
     monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 0.5)
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+    optimized = optimize_graph(path, ["neutral_elementwise"], _cases(), 0.1)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == [] and refused["neutral_elementwise"].startswith("changes output 'y'")
 
@@ -218,7 +222,8 @@ def test_untimed_steps_are_checked_together_once_and_one_by_one_only_when_that_f
     opened = graph_optimize.open_session
     monkeypatch.setattr(graph_optimize, "open_session", lambda p: sessions.append(Path(p).name) or opened(p))
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0)
+    optimized = optimize_graph(path, ["neutral_elementwise", "shape_simplification"], _cases(), 0)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == ["neutral_elementwise(1)"] and refused == {"shape_simplification": "nothing to rewrite"}
     assert sessions == ["model.onnx", "combined.onnx"]  # the unoptimised model, then every kept step at once
@@ -230,7 +235,8 @@ def test_untimed_steps_are_checked_together_once_and_one_by_one_only_when_that_f
     monkeypatch.setitem(graph_optimize.PASSES, "global_pooling", breaks_the_model)
     sessions.clear()
 
-    kept, refused = optimize_graph(path, ["neutral_elementwise", "global_pooling"], _cases(), 0)
+    optimized = optimize_graph(path, ["neutral_elementwise", "global_pooling"], _cases(), 0)
+    kept, refused = optimized.kept, optimized.refused
 
     assert kept == ["neutral_elementwise(1)"] and refused["global_pooling"].startswith("changes output 'y'")
     assert sessions == ["again.onnx", "combined.onnx", "neutral_elementwise.onnx", "global_pooling.onnx"]
@@ -419,3 +425,58 @@ def test_two_loops_with_the_same_body_names_are_both_simplified_and_fused() -> N
     onnx.checker.check_model(model)
     for got, want in zip(_run(model, feed), expected):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_shapes_are_inferred_from_weight_shapes_alone_as_from_the_whole_model() -> None:
+    """Graph infers shapes on the model without its large initializers' data (a 14 MB model serialised per pass
+    was most of a pass's time): the shapes, data propagation through a small Reshape target included, are the same."""
+    from onnx_stage.graph_passes.graph_index import DATA_PROPAGATION_MAX_ELEMENTS, Graph
+    weight = RNG.standard_normal((64, DATA_PROPAGATION_MAX_ELEMENTS // 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Shape", ["y"], ["y_shape"]),
+             helper.make_node("Gather", ["y_shape", "first"], ["batch"], axis=0),
+             helper.make_node("Concat", ["batch", "split"], ["target"], axis=0),
+             helper.make_node("Reshape", ["y", "target"], ["z"]),
+             helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(4, np.float32))),
+             helper.make_node("Mul", ["z", "c"], ["out"])]
+    model = _model(nodes, [_float("x", ["batch", 64])], [_float("out", ["batch", DATA_PROPAGATION_MAX_ELEMENTS // 32, 4])],
+                   {"w": weight, "first": np.array([0], np.int64), "split": np.array([DATA_PROPAGATION_MAX_ELEMENTS // 32, 4], np.int64)})
+    full = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    expected = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+                for i in (*full.input, *full.value_info, *full.output) if i.type.tensor_type.HasField("shape")}
+    shapes = Graph(model).shapes
+    assert shapes == expected
+    assert shapes["z"] == [None, DATA_PROPAGATION_MAX_ELEMENTS // 32, 4] and "w" not in shapes
+    assert len(model.graph.initializer) == 3  # the model itself is not changed
+
+
+@pytest.mark.parametrize("scenario", ["kept together", "refused as slower", "one by one after a broken step"])
+def test_the_outputs_returned_are_the_kept_models_own(tmp_path: Path, monkeypatch, scenario: str) -> None:
+    """Validation uses optimize_graph's outputs instead of running the file again: they must be those of the file
+    optimize_graph leaves, whichever way it got there (a step here changes the rounding, so they differ)."""
+    path, cases = _zero_bias_model(tmp_path / "model.onnx"), _cases()
+
+    def nudges_the_weights(model: onnx.ModelProto) -> int:
+        weights = numpy_helper.to_array(model.graph.initializer[0]) * np.float32(1 + 2 ** -20)
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights, "w"))
+        return 1
+
+    def breaks_the_model(model: onnx.ModelProto) -> int:
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((8, 8), np.float32), "w"))
+        return 1
+    monkeypatch.setitem(graph_optimize.PASSES, "neutral_elementwise", nudges_the_weights)
+    monkeypatch.setitem(graph_optimize.PASSES, "global_pooling", breaks_the_model)
+    monkeypatch.setattr(graph_optimize, "speed_ratio", lambda *args: 1.5 if scenario == "refused as slower" else 0.5)
+    unoptimised = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    before = [unoptimised.run(None, {"x": arrays[0]})[0] for arrays in cases]
+
+    optimized = optimize_graph(path, ["neutral_elementwise"] + (["global_pooling"] if "broken" in scenario else []),
+                               cases, 0.1 if scenario == "refused as slower" else 0)
+
+    assert optimized.kept == ([] if scenario == "refused as slower" else ["neutral_elementwise(1)"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    after = [session.run(None, {"x": arrays[0]})[0] for arrays in cases]
+    assert len(optimized.outputs) == len(cases)
+    for returned, expected in zip(optimized.outputs, after):
+        np.testing.assert_array_equal(returned[0], expected)
+    assert (scenario == "refused as slower") == all(np.array_equal(a, b) for a, b in zip(before, after))

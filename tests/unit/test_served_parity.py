@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage.config import ValidateConfig
-from onnx_stage.records import BenchReport, OnnxArtifacts, ParityReport, SourceOutputs, ValidationInputs
+from onnx_stage.records import BenchReport, CaseOutputs, OnnxArtifacts, ParityReport, ValidationInputs
 from onnx_stage.tasks.validate import check_served_parity
 
 TUNED = {"graph_optimization_level": 99, "intra_op_num_threads": 1, "execution_mode": "sequential"}
@@ -24,7 +24,7 @@ def _scaled_model(path: Path) -> OnnxArtifacts:
 def _parity(tmp_path: Path, keras_offset: float) -> tuple[ValidationInputs, ParityReport]:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     inputs = ValidationInputs.save([("generated batch 2", [x])], tmp_path / "cases.npz")
-    keras = SourceOutputs.save([[2 * x + keras_offset]], tmp_path / "keras.npz")
+    keras = CaseOutputs.save([[2 * x + keras_offset]], tmp_path / "keras.npz")
     report = ParityReport(passed=True, atol=1e-4, rtol=1e-3, cases=[], reference_inputs=tmp_path / "cases.npz",
                           reference_outputs=tmp_path / "keras.npz", keras_outputs=keras)
     return inputs, report

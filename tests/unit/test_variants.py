@@ -14,8 +14,8 @@ from onnx_stage.parity import compare_output
 from onnx_stage.variants import (build_variant, cosine_refusal, speed_refusal, vacuous_outputs, vacuous_refusal,
                                  variant_runtime)
 from onnx_stage.tasks.benchmark import refuse_slower_variants
-from onnx_stage.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, LatencyStats, OnnxArtifacts, ParityCase,
-                                ParityReport, SourceOutputs, VariantOutcome)
+from onnx_stage.records import (ORT_DEFAULT, ORT_TUNED, BenchReport, CaseOutputs, LatencyStats, OnnxArtifacts,
+                                ParityCase, ParityReport, VariantOutcome)
 
 INT8 = VariantConfig(kind="int8_static", atol=0.05, rtol=0.1, min_argmax_agreement=0.9)
 
@@ -35,7 +35,7 @@ def report_with(cases: list[tuple[str, np.ndarray, np.ndarray]], tmp_path: Path)
                     for label, expected, actual in cases]
     return ParityReport(passed=True, atol=INT8.atol, rtol=INT8.rtol, cases=parity_cases,
                         reference_inputs=tmp_path / "unused.npz", reference_outputs=tmp_path / "unused.npz",
-                        keras_outputs=SourceOutputs.save([[expected] for _, expected, _ in cases], tmp_path / "keras.npz"))
+                        keras_outputs=CaseOutputs.save([[expected] for _, expected, _ in cases], tmp_path / "keras.npz"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
