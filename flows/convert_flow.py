@@ -18,7 +18,8 @@ from onnx_stage.tasks.benchmark import benchmark, gate_variant_speed
 from onnx_stage.tasks.convert import convert
 from onnx_stage.tasks.load import load
 from onnx_stage.records import ModelRef, RegisteredTwin
-from onnx_stage.tasks.register import conversion_key, find_twin, package, publish, register, warm_up_packaging
+from onnx_stage.tasks.register import (conversion_key, find_twin, input_example, package, publish, register,
+                                       warm_up_packaging)
 from onnx_stage.tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
                                        source_pyfunc_answers, validate, validate_variants, validation_cases)
 
@@ -54,6 +55,7 @@ def convert_model(
                 publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
                 return existing
             inputs = validation_cases(source, worker, config.validation, work_dir)
+            example = input_example.submit(source, inputs, work_dir)  # MLflow's JSON of it, while the child converts
             converting = convert.submit(source, worker, config.convert, work_dir / "onnx", inputs)
             predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
                                                wait_for=[] if predicts_during_conversion(source) else [converting])
@@ -61,9 +63,10 @@ def convert_model(
             try:
                 onnx_model = converting.result()
             finally:
-                predicting.wait()  # both write into the scratch directory a failure removes
+                predicting.wait()  # they write into the scratch directory a failure removes
+                example.wait()
             # local files only, registered after validation
-            packaged = package.submit(source, onnx_model, inputs, work_dir, wait_for=[warmed])
+            packaged = package.submit(source, onnx_model, example, work_dir, wait_for=[warmed])
             try:
                 parity = validate(source, onnx_model, inputs, predicting.result(), worker, config.validation, work_dir)
             finally:
@@ -83,7 +86,7 @@ def convert_model(
                 variant_twins = []
                 for variant in accepted:
                     variant_dir = work_dir / variant.kind
-                    variant_package = package(source, variant.onnx_model, inputs, variant_dir, variant.kind)
+                    variant_package = package(source, variant.onnx_model, example.result(), variant_dir, variant.kind)
                     variant_twins.append(register(source, variant_package, variant.onnx_model, variant.parity, bench,
                                                   config, variant_dir, variant.kind, source_answers))
                     check_consumer(variant_twins[-1], variant.parity, source, inputs, source_answers, work_dir)

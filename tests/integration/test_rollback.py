@@ -14,7 +14,7 @@ from onnx_stage.tasks.benchmark import benchmark
 from onnx_stage.tasks.convert import convert
 from onnx_stage.tasks.load import load
 from onnx_stage.records import ModelRef, RegisteredTwin
-from onnx_stage.tasks.register import package, register
+from onnx_stage.tasks.register import input_example, package, register
 from onnx_stage.tasks.validate import source_outputs, validate, validation_cases
 
 
@@ -39,7 +39,8 @@ def register_then_fail(work_dir: Path) -> None:
         parity = validate(source, onnx_model, inputs, expected, worker, config.validation, work_dir)
         bench = benchmark(source, onnx_model, worker, config.benchmark, [])
     with transaction():
-        twin = register(source, package(source, onnx_model, inputs, work_dir), onnx_model, parity, bench, config,
+        example_dir = input_example(source, inputs, work_dir)
+        twin = register(source, package(source, onnx_model, example_dir, work_dir), onnx_model, parity, bench, config,
                         work_dir)
         failing_check(twin)
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_stage.onnx_files import data_file_of, save_onnx
 from onnx_stage.records import ModelRef, OnnxArtifacts, SourceModel, TensorSpec, ValidationInputs
-from onnx_stage.tasks.register import onnx_signature, package_model
+from onnx_stage.tasks.register import onnx_signature, package_model, save_input_example
 
 
 def test_signature_follows_the_graph_with_dynamic_dimensions_as_minus_one() -> None:
@@ -55,7 +55,7 @@ def test_a_model_with_external_data_is_packaged_by_linking_its_data_file(tmp_pat
                          inputs=[TensorSpec(name="x", shape=[None, 64], dtype="float32")],
                          outputs=[TensorSpec(name="y", shape=[None, 64], dtype="float32")])
 
-    model_dir = package_model(source, artifacts, inputs, tmp_path)
+    model_dir = package_model(source, artifacts, save_input_example(source, inputs, tmp_path), tmp_path)
 
     data = model_dir / "model.onnx.data"
     assert data.stat().st_ino == data_file_of(onnx_path).stat().st_ino  # linked, not rewritten
