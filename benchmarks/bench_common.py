@@ -5,8 +5,9 @@ nothing is downloaded). They are built and saved in a child process, then loaded
 stage's own code: `load_source` / `convert_source` through the real Keras child (`KerasWorker`), onnxruntime
 sessions from `onnx_stage.sessions`, timing loops from `onnx_stage.timing`.
 
-Timing on a shared machine: every contender is warmed up, then all contenders are timed in rounds (order rotated
-each round) so that load from other processes hits them alike; ratios are ratios of medians.
+Timing on a shared machine: every contender is warmed up, then all contenders are timed in rounds (balanced orders:
+each contender runs after every other equally often) so that load from other processes hits them alike; ratios are
+ratios of medians.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from onnx_stage.config import ConvertConfig  # noqa: E402
 from onnx_stage.keras_worker import KerasWorker  # noqa: E402
 from onnx_stage.parity import generated_inputs  # noqa: E402
 from onnx_stage.sessions import SessionOptionsDict, open_session  # noqa: E402
-from onnx_stage.timing import time_calls  # noqa: E402
+from onnx_stage.timing import balanced_orders, time_calls  # noqa: E402
 from onnx_stage.tasks.convert import convert_source  # noqa: E402
 from onnx_stage.tasks.load import load_source  # noqa: E402
 from onnx_stage.records import ModelRef, OnnxArtifacts, SourceModel  # noqa: E402
@@ -102,16 +103,18 @@ def keras_timer(worker: KerasWorker, inputs: list[np.ndarray]) -> Timer:
 
 def time_rounds(timers: dict[str, Timer], seconds_each: float, rounds: int = 5,
                 warmup_seconds: float = 0.3) -> dict[str, list[list[float]]]:
-    """Per contender, per round, the durations of its calls; contenders alternate, order rotated every round.
-    Warm-up: at least 2 calls and warmup_seconds per contender."""
+    """Per contender, per round, the durations of its calls; contenders alternate in balanced orders (each runs
+    after every other equally often: onnx_stage.timing.balanced_orders), at least `rounds` rounds, a whole number
+    of the design. Warm-up: at least 2 calls and warmup_seconds per contender."""
     for timer in timers.values():
         timer(2, warmup_seconds)
     names = list(timers)
+    orders = balanced_orders(len(names))
+    rounds = -(-rounds // len(orders)) * len(orders)
     durations: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            durations[name].append(timers[name](1, seconds_each / rounds))
+        for index in orders[round_index % len(orders)]:
+            durations[names[index]].append(timers[names[index]](1, seconds_each / rounds))
     return durations
 
 

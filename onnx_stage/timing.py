@@ -28,16 +28,30 @@ def time_calls(call: Callable[[], object], warmup_runs: int, min_runs: int, min_
     return durations
 
 
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders of `count` contenders in which each one comes right after every other equally often (a Williams
+    design: `count` orders, twice that for an odd count). A fixed order gives each contender the same predecessor
+    every round, so whatever that predecessor leaves behind (threads still spinning, caches it evicted) would weigh
+    on one contender only."""
+    first = [0] + [(k + 1) // 2 if k % 2 else count - k // 2 for k in range(1, count)]
+    orders = [[(position + shift) % count for position in first] for shift in range(count)]
+    return orders + [order[::-1] for order in orders] if count % 2 and count > 1 else orders
+
+
 def time_interleaved(calls: dict[str, Callable[[], object]], warmup_runs: int, min_runs: int, min_seconds: float,
                      rounds: int = 10) -> dict[str, array]:
-    """time_calls for several contenders, alternating in rounds so that machine noise hits them alike."""
+    """time_calls for several contenders, alternating in rounds (balanced_orders, at least `rounds`, a whole number
+    of the design) so that machine noise and the previous contender's after-effects hit them alike."""
     for call in calls.values():
         for _ in range(warmup_runs):
             call()
+    names = list(calls)
+    orders = balanced_orders(len(names))
+    rounds = -(-rounds // len(orders)) * len(orders)
     durations = {name: array("d") for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            durations[name] += time_calls(call, 0, -(-min_runs // rounds), min_seconds / rounds)
+    for round_index in range(rounds):
+        for index in orders[round_index % len(orders)]:
+            durations[names[index]] += time_calls(calls[names[index]], 0, -(-min_runs // rounds), min_seconds / rounds)
     return durations
 
 

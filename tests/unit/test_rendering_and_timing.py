@@ -1,5 +1,6 @@
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from google.protobuf import json_format
 from onnx import helper, numpy_helper
 
 from onnx_stage.rendering import ABBREVIATION_KEY, write_renderings
-from onnx_stage.timing import latency_stats, time_calls, time_interleaved
+from onnx_stage.timing import balanced_orders, latency_stats, time_calls, time_interleaved
 
 
 def small_model() -> onnx.ModelProto:
@@ -77,3 +78,21 @@ def test_interleaved_timing_alternates_contenders_and_meets_the_minimum() -> Non
                                warmup_runs=1, min_runs=20, min_seconds=0, rounds=4)
     assert {len(d) for d in timings.values()} == {20}
     assert order[:2] == ["a", "b"] and order[2:7] == ["a"] * 5 and order[7:12] == ["b"] * 5
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+def test_in_balanced_orders_each_contender_follows_every_other_equally_often(count: int) -> None:
+    orders = balanced_orders(count)
+    follows = Counter((before, after) for order in orders for before, after in zip(order, order[1:]))
+    assert all(sorted(order) == list(range(count)) for order in orders)
+    assert set(follows) == {(a, b) for a in range(count) for b in range(count) if a != b}
+    assert len(set(follows.values())) == 1
+
+
+def test_interleaved_timing_runs_whole_balanced_designs() -> None:
+    order: list[str] = []
+    time_interleaved({name: (lambda n: lambda: order.append(n))(name) for name in "abc"},
+                     warmup_runs=0, min_runs=7, min_seconds=0, rounds=4)
+    blocks = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert len(blocks) >= 6 * 3 - 5  # 6 rounds (one design of 3) of 3 blocks; a round may start as the last ended
+    assert len(order) == 3 * 6 * 2  # ceil(7 / 6) calls a block
