@@ -20,7 +20,7 @@ from onnx_stage.tasks.load import load
 from onnx_stage.records import ModelRef, RegisteredTwin
 from onnx_stage.tasks.register import (conversion_key, find_twin, input_example, package, publish, register,
                                        warm_up_packaging)
-from onnx_stage.tasks.validate import (check_consumer, check_served_options, predicts_during_conversion, source_outputs,
+from onnx_stage.tasks.validate import (check_consumer, check_served_options, source_outputs,
                                        source_pyfunc_answers, validate, validate_variants, validation_cases)
 
 
@@ -57,8 +57,7 @@ def convert_model(
             inputs = validation_cases(source, worker, config.validation, work_dir)
             example = input_example.submit(source, inputs, work_dir)  # MLflow's JSON of it, while the child converts
             converting = convert.submit(source, worker, config.convert, work_dir / "onnx", inputs)
-            predicting = source_outputs.submit(inputs, worker, work_dir,  # the child predicts while it converts
-                                               wait_for=[] if predicts_during_conversion(source) else [converting])
+            predicting = source_outputs.submit(inputs, worker, work_dir)  # the child predicts once it has converted
             answering = source_pyfunc_answers.submit(source, inputs, worker, wait_for=[converting])
             try:
                 onnx_model = converting.result()

@@ -35,11 +35,6 @@ class ParityError(StageError):
                          f"{figures}; {blame}")
 
 
-# Above this, the reference prediction waits for the conversion: its activations on top of the conversion's peak
-# would break the conversion's memory bound (README, convert).
-OVERLAP_MAX_WEIGHTS_BYTES = 64 << 20
-
-
 def choose_inputs(source: SourceModel, worker: KerasWorker, config: ValidateConfig, work_dir: Path) -> ValidationInputs:
     return ValidationInputs.save(validation_inputs(source, worker, config), work_dir / "validation_inputs.npz")
 
@@ -47,12 +42,6 @@ def choose_inputs(source: SourceModel, worker: KerasWorker, config: ValidateConf
 def predict_source_outputs(worker: KerasWorker, inputs: ValidationInputs, work_dir: Path) -> CaseOutputs:
     return CaseOutputs.save(keras_outputs(worker, [arrays for _, arrays in inputs.cases()]),
                             work_dir / "keras_outputs.npz")
-
-
-def predicts_during_conversion(source: SourceModel) -> bool:
-    """Whether the child predicts the reference outputs while it converts (requests run concurrently there): the
-    conversion is mostly single-threaded Python, so a small model's prediction (MobileNetV2: ~2 s) costs no wall time."""
-    return (source.weights_bytes or 0) <= OVERLAP_MAX_WEIGHTS_BYTES
 
 
 def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWorker, config: ValidateConfig,

@@ -44,6 +44,14 @@ def nap(state, seconds):
 
 def die(state):
     os._exit(3)
+
+def convert(state, seconds):
+    state.setdefault("finished", []).append(("convert", time.sleep(seconds) or time.monotonic()))
+    return seconds
+
+def predict(state):
+    state.setdefault("finished", []).append(("predict", time.monotonic()))
+    return [name for name, _ in state["finished"]]
 '''
 
 
@@ -62,6 +70,16 @@ def test_requests_run_concurrently_and_each_answer_reaches_its_caller(napping_wo
     assert time.perf_counter() - started < 2.5
     assert not slow._answer.done()
     assert slow.result() == 3.0
+
+
+def test_convert_and_predict_run_one_after_the_other_in_the_order_they_came(napping_worker: KerasWorker) -> None:
+    converting = napping_worker.start("convert", seconds=1.5)
+    predicting = napping_worker.start("predict")
+    started = time.perf_counter()
+    assert napping_worker.call("nap", seconds=0.0) == 0.0  # other requests still run beside them
+    assert time.perf_counter() - started < 1.0
+    assert predicting.result() == ["convert", "predict"]  # the prediction waited for the conversion
+    assert converting.result() == 1.5
 
 
 def test_a_child_that_dies_fails_every_waiting_request(napping_worker: KerasWorker) -> None:
