@@ -2,8 +2,10 @@
 Imported only in that child."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -11,15 +13,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# The Keras routes, imported when the child starts (it imports this module while the parent fetches the model)
 from onnx_stage.keras_checks import refuse_unconvertible
-from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers, state_feedback
-from onnx_stage.routes import (convert_first_working, keras_export, one_line, onnxmltools_route,  # noqa: F401
-                               tf2onnx_handlers, tf2onnx_lean, tf2onnx_route)
+from onnx_stage.routes import convert_first_working, one_line
 from onnx_stage.routes.signature import input_ports, is_graph_network, output_ports
 from onnx_stage.timing import time_calls
 
 State = dict[str, Any]
+# Imported on a thread once the model is loaded, while the parent chooses the validation inputs: at the child's
+# start they came after TensorFlow, on the path to the loaded model (~0.1 s)
+CONVERTER_MODULES = ("onnx_stage.keras_layers", "onnx_stage.routes.tf2onnx_handlers", "onnx_stage.routes.tf2onnx_lean",
+                     "onnx_stage.routes.onnxmltools_route", "onnx_stage.routes.keras_export",
+                     "onnx_stage.routes.tf2onnx_route")
 
 
 def load_model(state: State, model_file: str, custom_object_modules: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -35,12 +39,19 @@ def load_model(state: State, model_file: str, custom_object_modules: tuple[str, 
         raise ValueError(_unregistered_class_hint(str(error)) or one_line(error)) from None
     refuse_unconvertible(model.weights, input_ports(model))
     state["model"] = model
+    threading.Thread(target=_import_converters, daemon=True).start()
     return {
         "inputs": [asdict(port) for port in input_ports(model)],
         "outputs": [asdict(port) for port in output_ports(model)],
         "library_versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
         "weights_bytes": sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights),
     }
+
+
+def _import_converters() -> None:
+    for module in CONVERTER_MODULES:
+        with contextlib.suppress(Exception):  # an import error surfaces where the module is used
+            importlib.import_module(module)
 
 
 def _unregistered_class_hint(message: str) -> str | None:
@@ -58,6 +69,8 @@ def _unregistered_class_hint(message: str) -> str | None:
 def convert(state: State, routes: list[str], opset: int, onnx_path: str) -> dict[str, Any]:
     """Refuse, naming the layer, what no route can convert faithfully; else the routes in order, with the layers ONNX
     lacks an op for lowered to ops it has (keras_layers)."""
+    from onnx_stage.keras_layers import lowered_layers, refuse_unrepresentable_layers
+    from onnx_stage.routes import tf2onnx_handlers  # noqa: F401  (ops tf2onnx lacks; every Keras route goes through it)
     model = state["model"]
     refuse_unrepresentable_layers(model, opset)
     with lowered_layers():
@@ -99,6 +112,7 @@ def layer_outputs(state: State, inputs: list[np.ndarray]) -> list[dict[str, Any]
 
 def recurrent_state_pairs(state: State) -> list[tuple[int, int]]:
     """(output index, input index) of each recurrent state the model returns and takes back (keras_layers)."""
+    from onnx_stage.keras_layers import state_feedback
     return state_feedback(state["model"])
 
 

@@ -1,7 +1,7 @@
 """TensorFlow ops tf2onnx 1.17 has no handler for, added to its global handler table.
 
-Every route goes through tf2onnx (onnxmltools and Keras' exporter delegate to it), so registering here,
-on import of onnx_stage.routes, fixes all of them.
+Every Keras route goes through tf2onnx (onnxmltools and Keras' exporter delegate to it), so registering here, on
+import of this module (the Keras child's convert and the SavedModel route import it), fixes all of them.
 """
 import numpy as np
 from onnx import TensorProto
