@@ -11,6 +11,8 @@ Per architecture (model_zoo/zoo.py models and keras.applications with random wei
 - "default" is the stage's ONNX model with default onnxruntime session options; "tuned" the picked options.
 - "plain tf2onnx" is `tf2onnx.convert.from_function` on the model's traced call with default settings (the
   stage's `tf2onnx` route, opset 17, without the stage's graph optimisations), run with a default session.
+- "same file" is a second default session of the registered model: its ratio to "default" is this run's noise
+  floor, what two identical computations measure apart (a ratio to plain tf2onnx inside it is a tie).
 All contenders of a model and batch size are timed interleaved in rounds; a ratio is a ratio of medians
 (above 1: the second-named contender is faster), with the range of per-round ratios in brackets.
 """
@@ -32,6 +34,7 @@ MODELS = ["dense", "conv1d", "conv2d", "recurrent", "rnn_bidirectional_gru", "at
           "MobileNetV3Small_96", "EfficientNetB0_64", "MobileNetV2_224"]  # ResNet50: benchmarks/gflops.py
 BATCHES = [1, 32]
 PLAIN = "plain tf2onnx"
+SAME_FILE = "same file"
 
 
 def screening_runs(seconds_per_call: float) -> int:
@@ -51,14 +54,15 @@ def benchmark_model(worker: KerasWorker, name: str, model_file: Path, work_dir: 
 
     rounds, rows = {}, []
     for batch, inputs in batches.items():
-        timers = {KERAS: keras_timer(worker, inputs), ORT_DEFAULT: ort_timer(registered.onnx_path, {}, inputs)}
+        timers = {KERAS: keras_timer(worker, inputs), ORT_DEFAULT: ort_timer(registered.onnx_path, {}, inputs),
+                  SAME_FILE: ort_timer(registered.onnx_path, {}, inputs)}
         if plain:
             timers[PLAIN] = ort_timer(plain.onnx_path, {}, inputs)
         if tuned:
             timers[ORT_TUNED] = ort_timer(registered.onnx_path, tuned, inputs)
         rounds[batch] = time_rounds(timers, seconds)
         rows += [latency_stats(runtime, batch, [d for r in durations for d in r])
-                 for runtime, durations in rounds[batch].items() if runtime != PLAIN]
+                 for runtime, durations in rounds[batch].items() if runtime not in (PLAIN, SAME_FILE)]
     report = keep_tuning_only_if_faster(BenchReport(rows=rows, session_options=tuned))
     refused = {step: why for step, why in registered.graph_optimizations_refused.items() if why != "nothing to rewrite"}
     return {"name": name, "route": registered.route, "optimizations": registered.graph_optimizations,
@@ -89,15 +93,17 @@ def render(result: dict) -> list[str]:
         keras, spread_lo, spread_hi = ratio_with_spread(rounds[KERAS], registered)
         plain = ratio_with_spread(rounds[PLAIN], registered) if PLAIN in rounds else None
         tuned = (ratio_with_spread(rounds[ORT_DEFAULT], rounds[ORT_TUNED]) if ORT_TUNED in rounds else None)
+        same = ratio_with_spread(rounds[SAME_FILE], rounds[ORT_DEFAULT])
         lines.append(
             f"  batch {batch:>2}: keras {median_ms(rounds[KERAS]):8.2f} ms  registered {median_ms(registered):8.2f} ms"
             f"  keras/registered {keras:6.2f} [{spread_lo:.2f}–{spread_hi:.2f}]"
             + (f"  default/tuned {tuned[0]:5.2f} [{tuned[1]:.2f}–{tuned[2]:.2f}]" if tuned
                else "  default/tuned  1.00 (stage kept default options)")
             + (f"  plain-tf2onnx/registered {plain[0]:5.2f} [{plain[1]:.2f}–{plain[2]:.2f}]" if plain
-               else f"  plain-tf2onnx: unusable ({result['plain_failure']})"))
+               else f"  plain-tf2onnx: unusable ({result['plain_failure']})")
+            + f"  same-file/default {same[0]:4.2f} [{same[1]:.2f}–{same[2]:.2f}]")
         result.setdefault("ratios", {}).setdefault(batch, {}).update(
-            keras=keras, tuned=tuned[0] if tuned else 1.0, plain=plain[0] if plain else None)
+            keras=keras, tuned=tuned[0] if tuned else 1.0, plain=plain[0] if plain else None, same=same[0])
     return lines
 
 
@@ -111,10 +117,12 @@ def main() -> int:
         keras = [r["ratios"][batch]["keras"] for r in results]
         tuned = [r["ratios"][batch]["tuned"] for r in results]
         plain = [r["ratios"][batch]["plain"] for r in results if r["ratios"][batch]["plain"] is not None]
+        same = [r["ratios"][batch]["same"] for r in results]
         print(f"batch {batch:>2}: keras/registered min {min(keras):.2f}, geomean {geomean(keras):.2f} | "
               f"default/tuned min {min(tuned):.2f}, geomean {geomean(tuned):.2f} | "
               f"plain-tf2onnx/registered min {min(plain):.2f}, geomean {geomean(plain):.2f} "
-              f"({len(plain)} models; plain tf2onnx output unusable on {len(results) - len(plain)})")
+              f"({len(plain)} models; plain tf2onnx output unusable on {len(results) - len(plain)}) | "
+              f"same-file/default {min(same):.2f}–{max(same):.2f} (noise floor)")
     print(f"architectures: {len(results)}/{len(names)}")
     print(f"geomean batch1: {geomean([r['ratios'][1]['keras'] for r in results]):.2f}")
     print(f"geomean batch32: {geomean([r['ratios'][32]['keras'] for r in results]):.2f}")

@@ -1,6 +1,7 @@
 """Worker memory: resident memory of one long-lived process that runs the conversion flow N times in a row.
 
 Run from the repo root:  .venv/bin/python benchmarks/worker_memory.py  [--runs 20] [--set benchmark.min_seconds=0.2]
+                                                                          [--shared-client] [--tracemalloc]
 
 A Prefect worker that runs flows in its own process (a served deployment, a long-lived task worker) converts one
 version after another without restarting. This script does that: one child process imports
@@ -11,6 +12,12 @@ memory (psutil RSS) of itself plus its live children (the Keras child is gone by
 and its thread and open-file counts. It prints them per run and
 
     rss after run 1, after run N, ratio: X   (target ≤ 1.10)
+
+What grows, found with memray (native allocations still live after runs 3-7): Prefect 3.9.1 gives every flow run
+called outside a client context its own SyncPrefectClient, each with a fresh `ssl.create_default_context()` (the CA
+bundle parsed by OpenSSL, ~1.3 MiB of native memory), and keeps them reachable from its long-lived API log worker's
+captured contexts. `--shared-client` holds one `prefect.context.SyncClientContext` across the runs, as a long-lived
+runner calling the flow in-process can: every run then uses that client.
 
 Setup, not measured: a real `mlflow server` and `prefect server` on 127.0.0.1 (deployments.servers) with their state
 in a temp dir, the model trained and registered under N names in another child. `--tracemalloc` also prints the
@@ -65,9 +72,12 @@ def child_prepare(stamp: str, runs: int, out: Path) -> None:
     out.write_text(json.dumps(names))
 
 
-def child_worker(names: list[str], overrides: list[str], trace: bool, out: Path) -> None:
+def child_worker(names: list[str], overrides: list[str], trace: bool, shared_client: bool, out: Path) -> None:
     """The long-lived worker: convert every name in turn in this one process, recording memory after each."""
+    import contextlib
+
     import psutil
+    from prefect.context import SyncClientContext
 
     from onnx_stage.config import load_config
     from onnx_stage.flows.convert_flow import convert_model
@@ -76,6 +86,9 @@ def child_worker(names: list[str], overrides: list[str], trace: bool, out: Path)
         import tracemalloc
         tracemalloc.start(8)
     config, me, rows, first_snapshot, first_handles = load_config(None, overrides), psutil.Process(), [], None, None
+    runner = contextlib.ExitStack()
+    if shared_client:  # every flow run then takes this client instead of making its own
+        runner.enter_context(SyncClientContext.get_or_create())
     for index, name in enumerate(names):
         started = time.perf_counter()
         twin = convert_model(model_name=name, version="1", config=config)
@@ -91,6 +104,7 @@ def child_worker(names: list[str], overrides: list[str], trace: bool, out: Path)
         if index == 0:
             first_handles = _handles()
             first_snapshot = tracemalloc.take_snapshot() if trace else None
+    runner.close()
     growth = [f"{count:+d} {what}" for what, count in (_handles() - first_handles).items()]
     if trace:
         for stat in tracemalloc.take_snapshot().compare_to(first_snapshot, "traceback")[:10]:
@@ -219,6 +233,8 @@ def main() -> int:
                         help="config override for every run, e.g. benchmark.min_seconds=0.2 (repeatable)")
     parser.add_argument("--tracemalloc", action="store_true", help="print the allocation sites that grew most")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, server state)")
+    parser.add_argument("--shared-client", action="store_true",
+                        help="hold one Prefect client across the runs, as a long-lived runner can")
     args = parser.parse_args()
     if args.runs < 2:
         parser.error("--runs must be at least 2")
@@ -241,7 +257,8 @@ def main() -> int:
                   f"({time.perf_counter() - began:.0f} s); one worker process converts them in a row"
                   + (f" with {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
             run_child(["_worker", str(work / "names.json"), json.dumps(args.overrides), str(int(args.tracemalloc)),
-                       str(work / "worker.json")], env, work / "worker.log", 600 + 300 * args.runs, echo=True)
+                       str(int(args.shared_client)), str(work / "worker.json")], env, work / "worker.log",
+                      600 + 300 * args.runs, echo=True)
             result = json.loads((work / "worker.json").read_text())
     finally:
         if not args.keep:
@@ -269,7 +286,7 @@ if __name__ == "__main__":
         child_prepare(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
     elif sys.argv[1:2] == ["_worker"]:
         child_worker(json.loads(Path(sys.argv[2]).read_text()), json.loads(sys.argv[3]), sys.argv[4] == "1",
-                     Path(sys.argv[5]))
+                     sys.argv[5] == "1", Path(sys.argv[6]))
     else:
         try:
             sys.exit(main())
