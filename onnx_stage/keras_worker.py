@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -108,7 +109,7 @@ class KerasWorker:
         child_end.close()
         self.operations, self._closed = operations, False
         self._request_ids, self._sending = itertools.count(), threading.Lock()
-        self._waiting: dict[int, Future] = {}
+        self._waiting: dict[int, _Request] = {}
         self._reader = threading.Thread(target=_read_answers, args=(parent_end, self._waiting, self._sending),
                                         daemon=True)
         self._reader.start()
@@ -135,17 +136,22 @@ class KerasWorker:
             raise WorkerError(f"cannot run {operation}: the child process was already stopped")
         if self._process.poll() is not None:
             raise WorkerError(f"the child process is gone ({self._exit_reason()}){self._log_tail()}")
-        answer: Future = Future()
+        request = _Request(queued=operation in ONE_AT_A_TIME)
         with self._sending:
             request_id = next(self._request_ids)
-            self._waiting[request_id] = answer
+            self._waiting[request_id] = request
             self._conn.send((request_id, operation, kwargs))
-        return PendingCall(self, operation, answer, kwargs, self._generation)
+        return PendingCall(self, operation, request, kwargs, self._generation)
 
-    def _receive(self, operation: str, answer: Future, kwargs: dict[str, Any] | None = None,
+    def _receive(self, operation: str, request: "_Request", kwargs: dict[str, Any] | None = None,
                  generation: int = 0, retried: bool = False) -> Any:
+        """The answer, waited for at most the worker's timeout from when the child started the request (a queued
+        one waits for the one before it, whose own clock runs meanwhile)."""
+        while not (request.started.wait(timeout=1.0) or request.answer.done()):
+            continue  # queued behind another request
         try:
-            status, payload = answer.result(timeout=self.timeout_seconds)
+            status, payload = request.answer.result(
+                timeout=max(0.0, request.started_at + self.timeout_seconds - time.monotonic()))
         except FutureTimeout:
             self.close()
             raise WorkerError(
@@ -180,7 +186,7 @@ class KerasWorker:
         if operation == "convert" or retried:
             raise WorkerError(reason, signal_number if operation == "convert" else None)
         pending = self.start(operation, **kwargs)
-        return self._receive(operation, pending._answer, kwargs, pending._generation, retried=True)
+        return self._receive(operation, pending._request, kwargs, pending._generation, retried=True)
 
     def _respawn(self) -> None:
         """A new child in place of the dead one, with the last loaded model loaded again."""
@@ -228,33 +234,51 @@ class KerasWorker:
         return ("; last output: " + " | ".join(lines)) if lines else ""
 
 
-def _read_answers(conn: Connection, waiting: dict[int, Future], lock: threading.Lock) -> None:
-    """Hand each answer to the request it belongs to; when the child is gone, "gone" to every request still waiting."""
+class _Request:
+    """A request sent to the child: its answer, and when the child started it (at once unless `queued`: a
+    ONE_AT_A_TIME request starts when the child says so)."""
+
+    def __init__(self, queued: bool) -> None:
+        self.answer: Future = Future()
+        self.started, self.started_at = threading.Event(), time.monotonic()
+        if not queued:
+            self.started.set()
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.started.set()
+
+
+def _read_answers(conn: Connection, waiting: dict[int, _Request], lock: threading.Lock) -> None:
+    """Hand each answer to the request it belongs to (and the child's "started" notice of a queued one); when the
+    child is gone, "gone" to every request still waiting."""
     while True:
         try:
             request_id, status, payload = conn.recv()
         except (EOFError, OSError):
             break
         with lock:
-            future = waiting.pop(request_id, None)
-        if future is not None:
-            future.set_result((status, payload))
+            request = waiting.get(request_id) if status == "started" else waiting.pop(request_id, None)
+        if request is not None and status == "started":
+            request.start()
+        elif request is not None:
+            request.answer.set_result((status, payload))
     with lock:
-        for future in waiting.values():
-            future.set_result(("gone", None))
+        for request in waiting.values():
+            request.answer.set_result(("gone", None))
         waiting.clear()
 
 
 class PendingCall:
     """A request the child is working on; result() waits for its answer (bounded by the worker's timeout)."""
 
-    def __init__(self, worker: KerasWorker, operation: str, answer: Future, kwargs: dict[str, Any],
+    def __init__(self, worker: KerasWorker, operation: str, request: _Request, kwargs: dict[str, Any],
                  generation: int) -> None:
-        self._worker, self._operation, self._answer = worker, operation, answer
+        self._worker, self._operation, self._request = worker, operation, request
         self._kwargs, self._generation = kwargs, generation
 
     def result(self) -> Any:
-        return self._worker._receive(self._operation, self._answer, self._kwargs, self._generation)
+        return self._worker._receive(self._operation, self._request, self._kwargs, self._generation)
 
 
 def _serve(conn: Connection, operations_module: str) -> None:
@@ -277,9 +301,13 @@ def _serve(conn: Connection, operations_module: str) -> None:
 
 
 def _answer_in_order(requests: queue.SimpleQueue) -> None:
-    """ONE_AT_A_TIME requests, one after the other in the order they came."""
+    """ONE_AT_A_TIME requests, one after the other in the order they came; the parent is told when each starts (its
+    timeout counts from then)."""
     while True:
-        _answer(*requests.get())
+        conn, sending, operations, state, request_id, operation, kwargs = requests.get()
+        with sending:
+            conn.send((request_id, "started", None))
+        _answer(conn, sending, operations, state, request_id, operation, kwargs)
 
 
 def _answer(conn: Connection, sending: threading.Lock, operations: Any, state: dict[str, Any], request_id: int,

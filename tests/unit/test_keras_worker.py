@@ -49,8 +49,8 @@ def convert(state, seconds):
     state.setdefault("finished", []).append(("convert", time.sleep(seconds) or time.monotonic()))
     return seconds
 
-def predict(state):
-    state.setdefault("finished", []).append(("predict", time.monotonic()))
+def predict(state, seconds=0.0):
+    state.setdefault("finished", []).append(("predict", time.sleep(seconds) or time.monotonic()))
     return [name for name, _ in state["finished"]]
 '''
 
@@ -68,7 +68,7 @@ def test_requests_run_concurrently_and_each_answer_reaches_its_caller(napping_wo
     started = time.perf_counter()
     assert napping_worker.call("nap", seconds=0.0) == 0.0  # answered while the slow request still sleeps
     assert time.perf_counter() - started < 2.5
-    assert not slow._answer.done()
+    assert not slow._request.answer.done()
     assert slow.result() == 3.0
 
 
@@ -80,6 +80,17 @@ def test_convert_and_predict_run_one_after_the_other_in_the_order_they_came(napp
     assert time.perf_counter() - started < 1.0
     assert predicting.result() == ["convert", "predict"]  # the prediction waited for the conversion
     assert converting.result() == 1.5
+
+
+def test_a_queued_request_is_timed_from_when_the_child_starts_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "napping_ops.py").write_text(OPERATIONS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with KerasWorker(timeout_seconds=2.0, operations="napping_ops") as worker:
+        converting = worker.start("convert", seconds=1.5)
+        predicting = worker.start("predict", seconds=1.0)  # 2.5 s after it was sent, 1.0 s after it started
+        assert predicting.result() == ["convert", "predict"]
+        assert converting.result() == 1.5
 
 
 def test_a_child_that_dies_fails_every_waiting_request(napping_worker: KerasWorker) -> None:
