@@ -147,8 +147,7 @@ class KerasWorker:
                  generation: int = 0, retried: bool = False) -> Any:
         """The answer, waited for at most the worker's timeout from when the child started the request (a queued
         one waits for the one before it, whose own clock runs meanwhile)."""
-        while not (request.started.wait(timeout=1.0) or request.answer.done()):
-            continue  # queued behind another request
+        request.started.wait(self.timeout_seconds)  # queued: the request before it has at most that much left
         try:
             status, payload = request.answer.result(
                 timeout=max(0.0, request.started_at + self.timeout_seconds - time.monotonic()))
@@ -236,7 +235,8 @@ class KerasWorker:
 
 class _Request:
     """A request sent to the child: its answer, and when the child started it (at once unless `queued`: a
-    ONE_AT_A_TIME request starts when the child says so)."""
+    ONE_AT_A_TIME request starts when the child says so; `started` is also set once it is answered or the child is
+    gone, so nothing waits for a start that will not come)."""
 
     def __init__(self, queued: bool) -> None:
         self.answer: Future = Future()
@@ -263,9 +263,11 @@ def _read_answers(conn: Connection, waiting: dict[int, _Request], lock: threadin
             request.start()
         elif request is not None:
             request.answer.set_result((status, payload))
+            request.started.set()
     with lock:
         for request in waiting.values():
             request.answer.set_result(("gone", None))
+            request.started.set()
         waiting.clear()
 
 

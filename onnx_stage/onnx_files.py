@@ -23,6 +23,12 @@ INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].num
 RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph's inputs a caller feeds: initializers listed as inputs too (older IR versions) are weights."""
+    weights = {tensor.name for tensor in graph.initializer}
+    return [value for value in graph.input if value.name not in weights]
+
+
 def tensor_bytes(proto: onnx.ModelProto) -> int:
     """Size of the initializers, from their dims (ByteSize would encode each tensor: a copy of every weight)."""
     return sum(math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

@@ -125,19 +125,26 @@ class CaseOutputs(Record):
 
     def computed_by(self, onnx_path: Path, inputs: "ValidationInputs") -> bool:
         """Whether these are the outputs of the file now at onnx_path (same bytes) on `inputs`."""
-        return self.inputs_path == inputs.path and self.onnx_sha256 == file_sha256(onnx_path)
+        return self.inputs_path == inputs.path and self.onnx_sha256 == sha256_of(onnx_path)
 
     @classmethod
     def save(cls, outputs_per_case: list[list[np.ndarray]], path: Path, inputs_path: Path | None = None,
              onnx_path: Path | None = None) -> "CaseOutputs":
         _save_cases(path, "output", outputs_per_case)
         return cls(path=path, cases_count=len(outputs_per_case), outputs_per_case=len(outputs_per_case[0]),
-                   inputs_path=inputs_path, onnx_sha256=file_sha256(onnx_path) if onnx_path else None)
+                   inputs_path=inputs_path, onnx_sha256=sha256_of(onnx_path) if onnx_path else None)
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
+def sha256_of(path: Path) -> str:
+    """Of a file's bytes; of a directory (SavedModel, MLflow model), of its files' relative paths and bytes."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 class OutputParity(Record):

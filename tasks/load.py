@@ -3,7 +3,6 @@ the child process."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from onnx_stage.keras_worker import KerasWorker, WorkerError
 from onnx_stage.sources import detect_source
 from onnx_stage.sources.kind import read_flavors
 from onnx_stage.sources.file_checks import check_model_file
-from onnx_stage.records import ModelRef, SourceModel, TensorSpec
+from onnx_stage.records import ModelRef, SourceModel, TensorSpec, sha256_of
 
 
 def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
@@ -120,18 +119,6 @@ def _batched(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if None not in spec.shape[1:]:
         return array.reshape(-1, *spec.shape[1:])
     return array[np.newaxis] if array.ndim == len(spec.shape) - 1 else array
-
-
-def sha256_of(path: Path) -> str:
-    """Of a file's bytes; of a directory (SavedModel, MLflow model), of its files' relative paths and bytes."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @task(name="load", cache_policy=NO_CACHE)

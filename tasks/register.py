@@ -29,6 +29,7 @@ from onnx_stage import onnx_twin_pyfunc
 from onnx_stage.config import StageConfig
 from onnx_stage.consumer import Answer, consumer_uris, read_outputs, tabular_answer
 from onnx_stage.errors import StageError
+from onnx_stage.onnx_files import graph_inputs
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import name_clause, use_experiment
@@ -175,8 +176,7 @@ def onnx_signature(proto: onnx.ModelProto) -> ModelSignature:
         return Schema([TensorSpec(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type),
                                   tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim),
                                   v.name) for v in values])
-    weights = {tensor.name for tensor in proto.graph.initializer}
-    return ModelSignature(specs([v for v in proto.graph.input if v.name not in weights]), specs(proto.graph.output))
+    return ModelSignature(specs(graph_inputs(proto.graph)), specs(proto.graph.output))
 
 
 def register_twin(source: SourceModel, model_dir: Path, onnx_model: OnnxArtifacts, parity: ParityReport,

@@ -18,6 +18,7 @@ from onnx_stage.consumer import Answer, answer_differences, answer_table, answer
 from onnx_stage.errors import StageError
 from onnx_stage.inputs import validation_inputs
 from onnx_stage.keras_worker import KerasWorker
+from onnx_stage.onnx_files import graph_inputs
 from onnx_stage.divergence import KerasLayerOutput, locate_divergence, onnx_intermediate_values
 from onnx_stage.parity import close_enough, compare_output, output_passes
 from onnx_stage.rendering import write_renderings
@@ -57,14 +58,13 @@ def check_parity(source: SourceModel, onnx_model: OnnxArtifacts, worker: KerasWo
     inputs = inputs or choose_inputs(source, worker, config, work_dir)
     cases = inputs.cases()
     computed = onnx_model.validation_outputs
-    if computed is not None and computed.computed_by(onnx_model.onnx_path, inputs):  # by graph optimisation
-        (input_names, output_names), actual_outputs = io_names(onnx_model.onnx_path), computed.cases()
+    if computed is not None and not computed.computed_by(onnx_model.onnx_path, inputs):
+        computed = None  # not this file's outputs on these inputs: run it
+    with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
+        onnx_run = None if computed else pool.submit(onnx_outputs, onnx_model.onnx_path, [a for _, a in cases])
         expected = expected or predict_source_outputs(worker, inputs, work_dir)
-    else:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # onnxruntime computes while the Keras child predicts
-            onnx_run = pool.submit(onnx_outputs, onnx_model.onnx_path, [arrays for _, arrays in cases])
-            expected = expected or predict_source_outputs(worker, inputs, work_dir)
-            (input_names, output_names), actual_outputs = onnx_run.result()
+        (input_names, output_names), actual_outputs = (
+            onnx_run.result() if onnx_run else (io_names(onnx_model.onnx_path), computed.cases()))
     expected_outputs = expected.cases()
     report_cases = compare_cases(cases, expected_outputs, actual_outputs, output_names, config)
     failing = [arrays for (_, arrays), case in zip(cases, report_cases) if not case_passes(case, config)]
@@ -104,11 +104,10 @@ def onnx_outputs(onnx_path: Path, cases: list[list[np.ndarray]], options: Sessio
 
 
 def io_names(onnx_path: Path) -> tuple[list[str], list[str]]:
-    """(input names, output names) of the ONNX model as an onnxruntime session lists them (initializers are not
-    inputs), read from the graph without its weights."""
+    """(input names, output names) of the ONNX model as an onnxruntime session lists them, read from the graph
+    without its weights."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    weights = {tensor.name for tensor in graph.initializer}
-    return [i.name for i in graph.input if i.name not in weights], [o.name for o in graph.output]
+    return [i.name for i in graph_inputs(graph)], [o.name for o in graph.output]
 
 
 def _run(session: ort.InferenceSession, input_names: list[str], arrays: list[np.ndarray]) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from onnx_stage.onnx_files import save_onnx
+from onnx_stage.onnx_files import graph_inputs, save_onnx
 
 ROUTES: dict[str, str] = {
     "onnxmltools": "onnx_stage.routes.onnxmltools_route",
@@ -119,7 +119,7 @@ def name_inputs(proto: onnx.ModelProto, names: list[str]) -> None:
         ValueError: the graph has another number of inputs than the source, or a new name is taken inside it.
     """
     weights = {tensor.name for tensor in proto.graph.initializer}
-    inputs = [value for value in proto.graph.input if value.name not in weights]
+    inputs = graph_inputs(proto.graph)
     if len(inputs) != len(names):
         raise ValueError(f"the ONNX graph has {len(inputs)} inputs, the source {len(names)} ({', '.join(names)})")
     by_stem = {value.name.removesuffix(":0"): value for value in inputs}
