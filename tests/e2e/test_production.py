@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import contextlib
 import signal
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def kill_worker_running(production: ProductionStack, flow_run_pid: int) -> str:
             tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
             if flow_run_pid in {process.pid for process in tree}:
                 for process in tree:
-                    process.send_signal(signal.SIGKILL)
+                    with contextlib.suppress(psutil.NoSuchProcess):  # one that ended since it was listed
+                        process.send_signal(signal.SIGKILL)
                 psutil.wait_procs(tree, timeout=10)
                 return name
     raise AssertionError(f"no worker runs flow-run process {flow_run_pid}")
