@@ -1,4 +1,5 @@
-"""bounded_heap: a long-lived process's previous run's cyclic garbage goes before the next run; a first run pays nothing."""
+"""bounded_heap: a long-lived process's previous run's cyclic garbage goes before the next run; a first run pays nothing;
+the objects alive before a run are left out of its full collections."""
 from __future__ import annotations
 
 import gc
@@ -25,3 +26,15 @@ def test_the_previous_runs_cycles_are_collected_when_the_next_run_starts(monkeyp
             assert garbage() is None
     finally:
         gc.enable()
+
+
+def test_objects_alive_before_the_block_are_left_out_of_its_collections_and_handed_back_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_blocks_entered", 0)
+    imported = Node()
+    with memory.bounded_heap():
+        made_in_the_run = Node()
+        collected = {id(o) for o in gc.get_objects()}  # the generations a collection walks (not the frozen ones)
+        assert id(imported) not in collected and id(made_in_the_run) in collected
+    assert gc.get_freeze_count() == 0
+    assert id(imported) in {id(o) for o in gc.get_objects()}
