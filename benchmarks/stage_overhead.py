@@ -66,7 +66,8 @@ TARGETS = {"mlp": 1.3, "mobilenetv2": 1.3}
 MIN_PAIRS = 5  # fewer pairs give no verdict
 QUIET_CORES = 0.25  # other processes' mean CPU use (cores) above which a sample set is not meaningful
 LABELS = {"mlp": "digits MLP (64→64 relu→10 softmax)", "mobilenetv2": "MobileNetV2(weights=None)"}
-TASK_ORDER = ["warm-up-packaging", "load", "find-existing-twin", "convert", "choose-validation-inputs", "package", "validate",
+TASK_ORDER = ["warm-up-packaging", "fetch", "load", "find-existing-twin", "convert", "choose-validation-inputs",
+              "optimize-graph", "package", "validate",
               "validate-variants", "benchmark", "register",
               "check-consumer-load", "publish", "summarise"]
 

@@ -15,8 +15,8 @@ from onnx_stage.scratch import scratch_directory
 from onnx_stage.summary import run_summary
 from onnx_stage.tracking import configure_tracking
 from onnx_stage.tasks.benchmark import benchmark, gate_variant_speed
-from onnx_stage.tasks.convert import convert
-from onnx_stage.tasks.load import load
+from onnx_stage.tasks.convert import convert, optimize
+from onnx_stage.tasks.load import fetch, load
 from onnx_stage.records import ModelRef, RegisteredTwin
 from onnx_stage.tasks.register import (conversion_key, find_twin, input_example, package, publish, register,
                                        warm_up_packaging)
@@ -46,21 +46,29 @@ def convert_model(
             KerasWorker.open(config.convert.timeout_seconds) as worker, \
             bounded_heap():  # fewer malloc arenas, free pages returned: for a worker running flow after flow
         warmed = warm_up_packaging.submit()  # runs while the child loads the model
-        source = load(ref, worker, work_dir, config.convert.custom_object_modules)
-        with conversion_lease(conversion_key(source, config), config.registry.lease_wait_seconds,
+        fetched = fetch(ref, work_dir)
+        loading = load.submit(fetched, worker, work_dir, config.convert.custom_object_modules)  # while the lease is taken
+        with conversion_lease(conversion_key(fetched, config), config.registry.lease_wait_seconds,
                               config.registry.lease_seconds):  # one run per model file and settings at a time
-            if existing := find_twin(source, config):
+            existing = find_twin(fetched, config)
+            source = loading.result()
+            if existing:
                 warmed.wait()
                 print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
                 publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
                 return existing
-            inputs = validation_cases(source, worker, config.validation, work_dir)
+            converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
+            try:
+                inputs = validation_cases(source, worker, config.validation, work_dir)  # while the child converts
+            except BaseException:
+                worker.close()  # stops the conversion before the scratch directory goes
+                converting.wait()
+                raise
             example = input_example.submit(source, inputs, work_dir)  # MLflow's JSON of it, while the child converts
-            converting = convert.submit(source, worker, config.convert, work_dir / "onnx", inputs)
             predicting = source_outputs.submit(inputs, worker, work_dir)  # the child predicts once it has converted
             answering = source_pyfunc_answers.submit(source, inputs, worker, wait_for=[converting])
             try:
-                onnx_model = converting.result()
+                onnx_model = optimize(source, converting.result(), worker, config.convert, inputs)
             finally:
                 predicting.wait()  # they write into the scratch directory a failure removes
                 example.wait()

@@ -43,15 +43,24 @@ class TensorSpec(Record):
     dtype: str
 
 
-class SourceModel(Record):
+class FetchedSource(Record):
+    """A source fetched into the run, before the child loads it: what the conversion lease and the lookup of an
+    existing twin need (its bytes' hash), known a model load earlier."""
+
     ref: ModelRef
     registry_version: str | None = Field(None, description="Resolved version number; None for a file source.")
     run_id: str | None = None
     aliases: list[str] = []
-    model_file: Path = Field(..., description="What the child loaded: a model file, a SavedModel or MLflow model directory.")
+    artifact_dir: Path = Field(..., description="The fetched version's artifacts (or the file source itself).")
+    model_file: Path = Field(..., description="What the child loads: a model file, a SavedModel or MLflow model directory.")
     kind: Literal["keras", "h5", "saved_model", "sklearn", "lightgbm", "xgboost"] = Field(
         ..., description="Detected from the artifact (onnx_stage/sources/), never configured.")
     sha256: str
+
+
+class SourceModel(FetchedSource):
+    """A fetched source as the child loaded it: its interface and what the twin must match."""
+
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     input_example: Path | None = Field(None, description=".npz of the version's input example, if it has one.")

@@ -1,5 +1,5 @@
-"""convert: source → ONNX in the child process (the kind's routes tried in order), the graph optimisations that prove
-themselves on the validation inputs, then the JSON and text renderings."""
+"""convert: source → ONNX in the child process (the kind's routes tried in order); then, in the flow process, the graph
+optimisations that prove themselves on the validation inputs, and the JSON and text renderings."""
 from __future__ import annotations
 
 import signal
@@ -23,9 +23,17 @@ from onnx_stage.records import CaseOutputs, OnnxArtifacts, SourceModel, Validati
 
 def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path,
                    inputs: ValidationInputs | None = None) -> OnnxArtifacts:
-    """The converted model (out_dir/model.onnx), optimised by `config.graph_optimizations` where each step keeps the
-    outputs on the validation cases (`inputs`; without them, generated as validation's defaults generate them).
-    Given `inputs`, the model's outputs on them come back too (`validation_outputs`): validation reuses them."""
+    """convert_in_child, then optimize_and_render: the converted model (out_dir/model.onnx), optimised, with its
+    renderings."""
+    return optimize_and_render(source, convert_in_child(source, worker, config, out_dir), worker, config, inputs)
+
+
+def convert_in_child(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path) -> OnnxArtifacts:
+    """The first of the kind's routes (`config.routes`) that converts the source, in the child: out_dir/model.onnx as
+    the converter wrote it (the renderings' paths are named, not yet written).
+
+    Raises:
+        StageError: a layer no route converts faithfully (refused before any route ran), or every route failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     try:
@@ -36,7 +44,7 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         if refusal:  # a layer no route can convert faithfully (keras_layers): said as such, not as a failure
             raise StageError(f"{source.ref.describe()} refused before conversion: {refusal}") from None
         raise StageError(f"conversion of {source.ref.describe()} failed: {error}") from None
-    artifacts = OnnxArtifacts(
+    return OnnxArtifacts(
         onnx_path=onnx_path,
         json_path=out_dir / "model.json",
         text_path=out_dir / "model.onnx.txt",
@@ -47,17 +55,25 @@ def convert_source(source: SourceModel, worker: KerasWorker, config: ConvertConf
         conversion_seconds=outcome["seconds"],
         conversion_peak_rss_bytes=outcome["peak_rss_bytes"],
     )
+
+
+def optimize_and_render(source: SourceModel, artifacts: OnnxArtifacts, worker: KerasWorker, config: ConvertConfig,
+                        inputs: ValidationInputs | None = None) -> OnnxArtifacts:
+    """The converted model optimised in place by `config.graph_optimizations` where each step keeps the outputs on the
+    validation cases (`inputs`; without them, generated as validation's defaults generate them), then its JSON and text
+    renderings written. Given `inputs`, the model's outputs on them come back too (`validation_outputs`): validation
+    reuses them."""
     if config.graph_optimizations:
         cases = inputs.cases() if inputs else validation_inputs(source, worker, ValidateConfig())
-        optimized = optimize_graph(onnx_path, config.graph_optimizations, [arrays for _, arrays in cases],
+        optimized = optimize_graph(artifacts.onnx_path, config.graph_optimizations, [arrays for _, arrays in cases],
                                    config.graph_optimization_seconds)
-        outputs = CaseOutputs.save(optimized.outputs, out_dir / "onnx_outputs.npz", inputs.path, onnx_path) \
-            if inputs and optimized.outputs else None
+        outputs = CaseOutputs.save(optimized.outputs, artifacts.onnx_path.parent / "onnx_outputs.npz", inputs.path,
+                                   artifacts.onnx_path) if inputs and optimized.outputs else None
         artifacts = artifacts.model_copy(update={"graph_optimizations": optimized.kept,
                                                  "graph_optimizations_refused": optimized.refused,
                                                  "validation_outputs": outputs})
-    write_renderings(onnx.load(str(onnx_path), load_external_data=False), artifacts.json_path, artifacts.text_path,
-                     config.json_max_tensor_elements)
+    write_renderings(onnx.load(str(artifacts.onnx_path), load_external_data=False), artifacts.json_path,
+                     artifacts.text_path, config.json_max_tensor_elements)
     return artifacts
 
 
@@ -89,6 +105,11 @@ def convert_surviving_crashes(worker: KerasWorker, routes: list[str], opset: int
 
 
 @task(name="convert", cache_policy=NO_CACHE)
-def convert(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path,
-            inputs: ValidationInputs | None = None) -> OnnxArtifacts:
-    return convert_source(source, worker, config, out_dir, inputs)
+def convert(source: SourceModel, worker: KerasWorker, config: ConvertConfig, out_dir: Path) -> OnnxArtifacts:
+    return convert_in_child(source, worker, config, out_dir)
+
+
+@task(name="optimize-graph", cache_policy=NO_CACHE)
+def optimize(source: SourceModel, converted: OnnxArtifacts, worker: KerasWorker, config: ConvertConfig,
+             inputs: ValidationInputs) -> OnnxArtifacts:
+    return optimize_and_render(source, converted, worker, config, inputs)

@@ -1,5 +1,5 @@
-"""load: resolve the source model (registry version or file), fetch it, detect its kind, and read its interface in
-the child process."""
+"""load: resolve the source model (registry version or file), fetch it, detect its kind and hash it (fetch); then
+read its interface in the child process (load), which the flow runs while it takes the conversion lease."""
 from __future__ import annotations
 
 import errno
@@ -19,41 +19,64 @@ from prefect.cache_policies import NO_CACHE
 from onnx_stage.consumer import answer_form
 from onnx_stage.errors import StageError, disk_full
 from onnx_stage.keras_worker import KerasWorker, WorkerError
-from onnx_stage.sources import detect_source
+from onnx_stage.sources import SOURCE_KINDS, detect_source
 from onnx_stage.sources.kind import read_flavors
 from onnx_stage.sources.file_checks import check_model_file
-from onnx_stage.records import ModelRef, SourceModel, TensorSpec, sha256_of
+from onnx_stage.records import FetchedSource, ModelRef, SourceModel, TensorSpec, sha256_of
 
 
 def load_source(ref: ModelRef, worker: KerasWorker, work_dir: Path,
                 custom_object_modules: Sequence[str] = ()) -> SourceModel:
+    """fetch_source, then open_source: the whole load, for a caller that takes no lease in between."""
+    return open_source(fetch_source(ref, work_dir), worker, work_dir, custom_object_modules)
+
+
+def fetch_source(ref: ModelRef, work_dir: Path) -> FetchedSource:
+    """Resolve the version, download its artifacts into work_dir/source, detect the source kind and hash the model.
+
+    Raises:
+        StageError: no such model, version or alias; the download fails; no supported model in the artifacts."""
     version = None if ref.path else resolve_version(MlflowClient(), ref)
     artifact_dir = fetch_artifacts(ref, version, work_dir / "source")
     source = detect_source(artifact_dir)
     check_model_file(source.path)
-    worker.serve(source.kind.operations)
-    try:
-        interface = worker.call("load_model", model_file=str(source.path),
-                                custom_object_modules=tuple(custom_object_modules))
-    except WorkerError as error:
-        raise StageError(f"cannot load {ref.describe()}: {error}") from None
-    inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
-    return SourceModel(
+    return FetchedSource(
         ref=ref,
         registry_version=str(version.version) if version else None,
         run_id=version.run_id if version else None,
         aliases=list(version.aliases) if version else [],
+        artifact_dir=artifact_dir,
         model_file=source.path,
         kind=source.kind.name,
         sha256=sha256_of(source.path),
+    )
+
+
+def open_source(fetched: FetchedSource, worker: KerasWorker, work_dir: Path,
+                custom_object_modules: Sequence[str] = ()) -> SourceModel:
+    """Load the fetched model in the child and read its interface (input/output names, shapes, dtypes).
+
+    Raises:
+        StageError: the child cannot load it (names the error, e.g. an unknown custom layer)."""
+    kind = SOURCE_KINDS[fetched.kind]
+    worker.serve(kind.operations)
+    try:
+        interface = worker.call("load_model", model_file=str(fetched.model_file),
+                                custom_object_modules=tuple(custom_object_modules))
+    except WorkerError as error:
+        raise StageError(f"cannot load {fetched.ref.describe()}: {error}") from None
+    inputs = [TensorSpec(**spec) for spec in interface["inputs"]]
+    artifact_dir = fetched.artifact_dir
+    return SourceModel(
+        **dict(fetched),
         inputs=inputs,
         outputs=[TensorSpec(**spec) for spec in interface["outputs"]],
         input_example=save_input_example(artifact_dir, inputs, work_dir / "input_example.npz"),
         library_versions=interface["library_versions"],
         weights_bytes=interface["weights_bytes"],
-        native_runtime=source.kind.native_runtime,
+        native_runtime=kind.native_runtime,
         mlflow_model_dir=artifact_dir if (artifact_dir / "MLmodel").is_file() else None,
-        answer_form=answer_form(source.kind.name, read_flavors(artifact_dir)),
+        answer_form=answer_form(fetched.kind, read_flavors(artifact_dir)),
     )
 
 
@@ -121,6 +144,12 @@ def _batched(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return array[np.newaxis] if array.ndim == len(spec.shape) - 1 else array
 
 
+@task(name="fetch", cache_policy=NO_CACHE)
+def fetch(ref: ModelRef, work_dir: Path) -> FetchedSource:
+    return fetch_source(ref, work_dir)
+
+
 @task(name="load", cache_policy=NO_CACHE)
-def load(ref: ModelRef, worker: KerasWorker, work_dir: Path, custom_object_modules: Sequence[str] = ()) -> SourceModel:
-    return load_source(ref, worker, work_dir, custom_object_modules)
+def load(fetched: FetchedSource, worker: KerasWorker, work_dir: Path,
+         custom_object_modules: Sequence[str] = ()) -> SourceModel:
+    return open_source(fetched, worker, work_dir, custom_object_modules)

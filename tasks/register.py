@@ -33,8 +33,8 @@ from onnx_stage.onnx_files import graph_inputs
 from onnx_stage.plot import latency_plot
 from onnx_stage.sessions import PROVIDERS
 from onnx_stage.tracking import name_clause, use_experiment
-from onnx_stage.records import (FULL_PRECISION, BenchReport, OnnxArtifacts, ParityReport, RegisteredTwin, SourceModel,
-                                ValidationInputs)
+from onnx_stage.records import (FULL_PRECISION, BenchReport, FetchedSource, OnnxArtifacts, ParityReport, RegisteredTwin,
+                                SourceModel, ValidationInputs)
 
 TAG = "onnx_stage."
 TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions that carry it (no loop)
@@ -43,16 +43,16 @@ TWIN_OF = TAG + "twin_of"  # on every twin; the webhook bridge ignores versions 
 COMPLETE = TAG + "complete"
 
 
-def twin_name(source: SourceModel, config: StageConfig) -> str:
+def twin_name(source: FetchedSource, config: StageConfig) -> str:
     return config.registry.name_template.format(name=source.ref.name)
 
 
-def conversion_key(source: SourceModel, config: StageConfig) -> str:
+def conversion_key(source: FetchedSource, config: StageConfig) -> str:
     """What one twin stands for: the source's bytes under one set of conversion settings (the lease's key)."""
     return f"{twin_name(source, config)}:{source.sha256}:{config.artifact_fingerprint()}"
 
 
-def find_existing_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
+def find_existing_twin(source: FetchedSource, config: StageConfig) -> RegisteredTwin | None:
     """The complete fp32 twin of the same source file and settings; half-made versions of it (a run that died
     between registering and its completion marker) are deleted, so the caller converts again.
 
@@ -265,7 +265,7 @@ def _add_evidence(model_dir: Path, reports: list[Path], session_options: dict[st
     model.save(str(model_dir / MLMODEL_FILE_NAME))
 
 
-def publish_twin(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
+def publish_twin(source: FetchedSource, twin: RegisteredTwin, config: StageConfig) -> None:
     """Point the source at its twin and mirror its aliases (a variant's as `<alias>-<kind>`, e.g. champion-int8_dynamic):
     done last, once the twin has proven loadable."""
     client = MlflowClient()
@@ -326,7 +326,7 @@ def _write_json(path: Path, content: dict) -> Path:
 
 
 @task(name="find-existing-twin", cache_policy=NO_CACHE)
-def find_twin(source: SourceModel, config: StageConfig) -> RegisteredTwin | None:
+def find_twin(source: FetchedSource, config: StageConfig) -> RegisteredTwin | None:
     return find_existing_twin(source, config)
 
 
@@ -370,5 +370,5 @@ def delete_version(twin: RegisteredTwin) -> None:
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(source: SourceModel, twin: RegisteredTwin, config: StageConfig) -> None:
+def publish(source: FetchedSource, twin: RegisteredTwin, config: StageConfig) -> None:
     publish_twin(source, twin, config)

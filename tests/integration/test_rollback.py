@@ -11,8 +11,8 @@ from prefect.transactions import transaction
 from onnx_stage.config import load_config
 from onnx_stage.keras_worker import KerasWorker
 from onnx_stage.tasks.benchmark import benchmark
-from onnx_stage.tasks.convert import convert
-from onnx_stage.tasks.load import load
+from onnx_stage.tasks.convert import convert_source
+from onnx_stage.tasks.load import load_source
 from onnx_stage.records import ModelRef, RegisteredTwin
 from onnx_stage.tasks.register import input_example, package, register
 from onnx_stage.tasks.validate import source_outputs, validate, validation_cases
@@ -32,8 +32,8 @@ def failing_check(twin: RegisteredTwin) -> None:
 def register_then_fail(work_dir: Path) -> None:
     config = load_config(overrides=["benchmark.enabled=false", "registry.name_template={name}-rollback-onnx"])
     with KerasWorker(config.convert.timeout_seconds) as worker:
-        source = load(ModelRef(name="digits-mlp", alias="champion"), worker, work_dir)
-        onnx_model = convert(source, worker, config.convert, work_dir / "onnx")
+        source = load_source(ModelRef(name="digits-mlp", alias="champion"), worker, work_dir)
+        onnx_model = convert_source(source, worker, config.convert, work_dir / "onnx")
         inputs = validation_cases(source, worker, config.validation, work_dir)
         expected = source_outputs(inputs, worker, work_dir)
         parity = validate(source, onnx_model, inputs, expected, worker, config.validation, work_dir)

@@ -34,7 +34,8 @@ def _check(tmp_path: Path, touch_file_after: bool) -> float:
         onnx.save_model(model, path)
     artifacts = OnnxArtifacts(onnx_path=path, json_path=path, text_path=path, route="test", opset=17,
                               conversion_seconds=0, validation_outputs=recorded)
-    source = SourceModel(ref=ModelRef(name="m", path=str(path)), model_file=path, kind="keras", sha256="0",
+    source = SourceModel(ref=ModelRef(name="m", path=str(path)), artifact_dir=path, model_file=path, kind="keras",
+                         sha256="0",
                          inputs=[TensorSpec(name="x", dtype="float32", shape=[None, 3])],
                          outputs=[TensorSpec(name="y", dtype="float32", shape=[None, 3])])
     expected = CaseOutputs.save([[2 * X]], tmp_path / "keras.npz")

@@ -51,7 +51,8 @@ def test_a_model_with_external_data_is_packaged_by_linking_its_data_file(tmp_pat
     x = np.ones((2, 64), np.float32)
     inputs = ValidationInputs.save([("generated batch 2", [x])], tmp_path / "cases.npz")
 
-    source = SourceModel(ref=ModelRef(name="m", path=str(onnx_path)), model_file=onnx_path, kind="keras", sha256="0",
+    source = SourceModel(ref=ModelRef(name="m", path=str(onnx_path)), artifact_dir=onnx_path, model_file=onnx_path,
+                         kind="keras", sha256="0",
                          inputs=[TensorSpec(name="x", shape=[None, 64], dtype="float32")],
                          outputs=[TensorSpec(name="y", shape=[None, 64], dtype="float32")])
 
