@@ -45,18 +45,16 @@ def convert_model(
     with scratch_directory("run") as work_dir, \
             KerasWorker.open(config.convert.timeout_seconds) as worker, \
             bounded_heap():  # fewer malloc arenas, free pages returned: for a worker running flow after flow
-        warmed = warm_up_packaging.submit()  # runs while the child loads the model
+        warmed = warm_up_packaging.submit()  # runs while the child imports TensorFlow
         fetched = fetch(ref, work_dir)
-        loading = load.submit(fetched, worker, work_dir, config.convert.custom_object_modules)  # while the lease is taken
         with conversion_lease(conversion_key(fetched, config), config.registry.lease_wait_seconds,
                               config.registry.lease_seconds):  # one run per model file and settings at a time
-            existing = find_twin(fetched, config)
-            source = loading.result()
-            if existing:
+            if existing := find_twin(fetched, config):  # answered before the child has imported TensorFlow
                 warmed.wait()
-                print(f"{source.ref.describe()} already has an identical ONNX twin: {existing.uri}")
-                publish(source, existing, config)  # a new version with the same file still gets its tag and aliases
+                print(f"{fetched.ref.describe()} already has an identical ONNX twin: {existing.uri}")
+                publish(fetched, existing, config)  # a new version with the same file still gets its tag and aliases
                 return existing
+            source = load(fetched, worker, work_dir, config.convert.custom_object_modules)
             converting = convert.submit(source, worker, config.convert, work_dir / "onnx")
             try:
                 inputs = validation_cases(source, worker, config.validation, work_dir)  # while the child converts

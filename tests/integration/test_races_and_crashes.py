@@ -65,6 +65,8 @@ def test_two_runs_of_one_version_at_once_make_one_twin(tmp_path: Path, monkeypat
         again = subprocess.run([*CLI, "--model", "digits-race", "--version", version, *QUICK], env=env,
                                capture_output=True, text=True, timeout=900)
         assert again.returncode == 0 and "(already registered, nothing new created)" in again.stdout, again.stdout
+        log = again.stdout + again.stderr
+        assert "Task run 'find-existing-twin" in log and "Task run 'load-" not in log, log  # no Keras load for it
         assert [v.version for v in complete_twins("digits-race-onnx")] == [twin.version]
     finally:
         mlflow.set_tracking_uri(saved[0])
