@@ -44,11 +44,11 @@ def bounded_heap(arenas: int = 2) -> Iterator[None]:
     collection (~0.3 s with the stage's imports): the previous run's garbage goes before the next run allocates,
     and a process that runs one flow, as Prefect's process workers do, pays nothing.
 
-    The objects alive when the block starts (the imported frameworks: ~290k objects with MLflow, Prefect, onnx and pandas)
-    are frozen out of the collector for the block (gc.freeze) and handed back after it (gc.unfreeze): each full
-    collection inside a run otherwise walks them all, 0.14 s a time, and a run makes several (MobileNetV2's consumer
-    check builds ~50k lists for its 224×224 request forms and MLflow's parsed input example, each set triggering
-    one; benchmarks/stage_overhead.py, probes of gc.callbacks)."""
+    The objects alive when the block starts (the imported frameworks: ~290k objects with MLflow, Prefect, onnx and
+    pandas) are frozen out of the collector for the block (gc.freeze) and handed back after it (gc.unfreeze): each
+    full collection inside a run otherwise walks them all, 0.14 s a time, and a run makes several (MobileNetV2's
+    consumer check builds ~50k lists for its 224×224 request forms and MLflow's parsed input example, each set
+    triggering one; benchmarks/stage_overhead.py, probes of gc.callbacks)."""
     global _blocks_entered
     libc = _libc()
     if _blocks_entered:

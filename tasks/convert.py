@@ -1,5 +1,5 @@
-"""convert: source → ONNX in the child process (the kind's routes tried in order); then, in the flow process, the graph
-optimisations that prove themselves on the validation inputs, and the JSON and text renderings."""
+"""convert: source → ONNX in the child process (the kind's routes tried in order); then, in the flow process, the
+graph optimisations that prove themselves on the validation inputs, and the JSON and text renderings."""
 from __future__ import annotations
 
 import signal

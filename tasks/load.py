@@ -1,5 +1,6 @@
 """load: resolve the source model (registry version or file), fetch it, detect its kind and hash it (fetch); then
-read its interface in the child process (load), which the flow runs while it takes the conversion lease."""
+read its interface in the child process (load), which the flow asks for once it holds the conversion lease for that
+hash and has found no twin of it."""
 from __future__ import annotations
 
 import errno

@@ -1,5 +1,5 @@
-"""bounded_heap: a long-lived process's previous run's cyclic garbage goes before the next run; a first run pays nothing;
-the objects alive before a run are left out of its full collections."""
+"""bounded_heap: a long-lived process's previous run's cyclic garbage goes before the next run; a first run pays
+nothing; the objects alive before a run are left out of its full collections."""
 from __future__ import annotations
 
 import gc
